@@ -1,0 +1,96 @@
+"""The contract between a frozen image generator and the latent search.
+
+The solver optimises a latent ``z`` of shape ``[batch, num_latents, latent_dim]`` on the sphere
+(each ``[latent_dim]`` row keeps its norm) plus optional noise maps, and asks the generator for
+images. Any ``torch.nn.Module`` that provides the members below plugs into :mod:`pulse.solver`;
+configs select one with ``_target_: my_pkg.MyGenerator``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A frozen generator searched by PULSE.
+
+    Attributes:
+        resolution: output image side length ``R`` (images are ``[batch, 3, R, R]``).
+        num_latents: number of latent rows searched per sample (18 style layers at 1024 px
+            for StyleGAN, 1 for a plain DCGAN).
+        latent_dim: size of one latent row (512 for StyleGAN, 100 for the DCGAN default).
+        noise_shapes: per-sample shapes of the noise inputs, one per noise layer (e.g. ``(1, 4, 4)``);
+            empty for generators without noise inputs.
+    """
+
+    resolution: int
+    num_latents: int
+    latent_dim: int
+    noise_shapes: list[tuple[int, ...]]
+
+    def to_style(self, latent: torch.Tensor) -> torch.Tensor:
+        """Map the spherical search variable to the generator's input space.
+
+        ``[batch, num_latents, latent_dim] -> [batch, num_latents, latent_dim]``. For StyleGAN this is
+        the "gaussianised" inverse, ``leaky_relu(z * std + mean, 0.2)``; identity for a plain GAN.
+        GEOCROSS is computed on the output of this map.
+        """
+        ...
+
+    def synthesize(self, style: torch.Tensor, noise: list[torch.Tensor]) -> torch.Tensor:
+        """Render images.
+
+        Args:
+            style: ``[batch, num_latents, latent_dim]`` (output of :meth:`to_style`).
+            noise: one tensor per entry of ``noise_shapes``, each ``[batch, *shape]``.
+
+        Returns:
+            ``[batch, 3, resolution, resolution]`` with values in about ``[-1, 1]``.
+        """
+        ...
+
+
+def check_generator(generator: object) -> Generator:
+    """Fail early, naming what is missing, when an object does not follow :class:`Generator`."""
+    missing = [
+        name
+        for name in ("resolution", "num_latents", "latent_dim", "noise_shapes", "to_style", "synthesize")
+        if not hasattr(generator, name)
+    ]
+    if missing:
+        raise TypeError(
+            f"{type(generator).__name__} is not a pulse Generator: missing {', '.join(missing)}. "
+            "See pulse.generators.base.Generator for the contract."
+        )
+    return generator  # type: ignore[return-value]
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    """Put a generator in eval mode with no parameter gradients (the search never trains weights)."""
+    module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module
+
+
+@torch.no_grad()
+def sample_images(generator: Generator, num: int, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+    """Random images from a generator, ``[num, 3, R, R]`` in [0, 1] on the CPU.
+
+    Latents (``[num, num_latents, latent_dim]``, one N(0, I) draw shared by all rows, as the mapping
+    network would produce) and noise maps come from a CPU generator seeded with ``seed``, so the
+    images do not depend on the device.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    latent = torch.randn(num, 1, generator.latent_dim, generator=rng).expand(-1, generator.num_latents, -1)
+    noise = [torch.randn(num, *shape, generator=rng) for shape in generator.noise_shapes]
+    device = next((t.device for t in generator.parameters()), torch.device("cpu"))  # type: ignore[attr-defined]
+    images = []
+    for start in range(0, num, batch_size):
+        part = slice(start, start + batch_size)
+        style = generator.to_style(latent[part].to(device))
+        images.append(generator.synthesize(style, [n[part].to(device) for n in noise]).cpu())
+    return ((torch.cat(images) + 1) / 2).clamp(0, 1)

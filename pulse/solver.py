@@ -1,0 +1,333 @@
+"""The PULSE latent search: find generator outputs that downscale to the given low-resolution images.
+
+Lightning-free and Hydra-free: build a :class:`PulseSolver` from a generator, a loss, an optimizer
+factory and a downscaling factory, then call :meth:`PulseSolver.solve` on a batch of inputs. Every
+sample (input x duplicate) is its own search inside one batched optimisation: it has its own seed, its
+own best step and its own success flag, and a sample whose loss turns NaN/inf is stopped and reported
+without disturbing the others.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pulse.downscale import BicubicDownscale, integer_factor
+from pulse.generators.base import Generator, check_generator
+from pulse.losses import LossInputs, PulseLoss
+from pulse.optim import SphericalOptimizer, schedule
+
+NOISE_TYPES = ("zero", "fixed", "trainable")
+
+
+@dataclass
+class SearchSettings:
+    """Hyperparameters of one search; defaults are the official PULSE code's.
+
+    Attributes:
+        steps: optimisation steps.
+        eps: downscale-error target (MSE on [0, 1] images); the paper used 1e-3, the code 2e-3.
+        duplicates: independent searches (different random starts) per input.
+        noise_type: ``zero`` (no noise), ``fixed`` (random, frozen) or ``trainable``.
+        num_trainable_noise_layers: the first this many noise layers are optimised (``trainable``).
+        bad_noise_layers: noise layers forced to zero.
+        tile_latent: search one latent vector shared by all style layers.
+        schedule: learning-rate schedule name (see :func:`pulse.optim.schedule`).
+        seed: base seed; each sample's start is drawn from its own seed derived from it.
+    """
+
+    steps: int = 100
+    eps: float = 2e-3
+    duplicates: int = 1
+    noise_type: str = "trainable"
+    num_trainable_noise_layers: int = 5
+    bad_noise_layers: Sequence[int] = (17,)
+    tile_latent: bool = False
+    schedule: str = "linear1cycledrop"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.noise_type not in NOISE_TYPES:
+            raise ValueError(f"unknown noise_type {self.noise_type!r}; valid: {list(NOISE_TYPES)}")
+        if self.steps < 1 or self.duplicates < 1:
+            raise ValueError(f"steps and duplicates must be >= 1, got {self.steps} and {self.duplicates}")
+        schedule(self.schedule, self.steps)  # fail now, naming the valid schedules
+        self.bad_noise_layers = tuple(int(i) for i in self.bad_noise_layers)
+
+
+@dataclass
+class StepInfo:
+    """What a progress callback sees after each step (values for the active samples)."""
+
+    step: int
+    steps: int
+    loss: float
+    terms: dict[str, float]
+    downscale_error: float
+    at_eps: int
+    active: int
+    samples: int
+
+
+@dataclass
+class SearchResult:
+    """Per-sample outcome of a search; sample ``s`` came from input ``input_index[s]``.
+
+    Attributes:
+        hr: ``[S, 3, R, R]`` best image per sample (lowest total loss), clamped to [0, 1], on CPU.
+        lr: ``[S, 3, h, w]`` the downscaling of ``hr``.
+        downscale_error: ``[S]`` MSE between ``lr`` and the input (the paper's criterion).
+        success: ``[S]`` whether ``downscale_error <= eps``.
+        best_step: ``[S]`` step (0-based) that produced ``hr``; -1 if none was finite.
+        first_step_at_eps: ``[S]`` first step whose downscale error reached eps; -1 if never.
+        best_loss: ``[S]`` total loss at ``best_step``.
+        terms: ``{name: [S]}`` each loss term at ``best_step``.
+        status: per sample, ``"ok"`` or why it was stopped.
+        input_index, duplicate_index: ``[S]`` provenance of each sample.
+        seeds: per-sample seeds used for the random start.
+        seconds: wall time of the whole batch.
+        history: per step, the mean loss and number of samples at eps.
+    """
+
+    hr: torch.Tensor
+    lr: torch.Tensor
+    downscale_error: torch.Tensor
+    success: torch.Tensor
+    best_step: torch.Tensor
+    first_step_at_eps: torch.Tensor
+    best_loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    status: list[str]
+    input_index: torch.Tensor
+    duplicate_index: torch.Tensor
+    seeds: list[int]
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def sample_seed(base_seed: int, *keys: int) -> int:
+    """A well-mixed 63-bit seed for one sample, independent of which batch it lands in."""
+    return int(np.random.SeedSequence([base_seed % 2**32, *keys]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _module_device(module: object) -> torch.device:
+    if isinstance(module, nn.Module):
+        for tensor in (*module.parameters(), *module.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+class PulseSolver:
+    """Batched PULSE search.
+
+    Args:
+        generator: a :class:`pulse.generators.base.Generator` (frozen).
+        loss: per-sample loss, e.g. ``PulseLoss({"l2": 100, "geocross": 0.05})``.
+        optimizer: factory called as ``optimizer(params=[...])``; default spherical Adam, lr 0.4.
+        downscale: factory ``factor -> nn.Module``; default the paper's bicubic.
+        settings: :class:`SearchSettings`.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        loss: PulseLoss | None = None,
+        optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+        downscale: Callable[[int], nn.Module] = BicubicDownscale,
+        settings: SearchSettings | None = None,
+    ) -> None:
+        self.generator = check_generator(generator)
+        self.settings = settings or SearchSettings()
+        self.loss = loss if loss is not None else PulseLoss({"l2": 100.0, "geocross": 0.05}, self.settings.eps)
+        self.optimizer = optimizer or partial(SphericalOptimizer, torch.optim.Adam, lr=0.4)
+        self.downscale = downscale
+
+    def _check_inputs(self, lr_images: torch.Tensor) -> int:
+        if lr_images.ndim != 4 or lr_images.shape[1] != 3:
+            raise ValueError(f"expected low-resolution images [N, 3, h, w], got shape {tuple(lr_images.shape)}")
+        height, width = lr_images.shape[-2:]
+        if height != width:
+            raise ValueError(
+                f"non-square input {height}x{width}: the generator makes square images; "
+                "crop or pad the input to a square first"
+            )
+        if not torch.isfinite(lr_images).all():
+            raise ValueError("input images contain NaN or inf values")
+        return integer_factor(self.generator.resolution, height)
+
+    def _initial_variables(
+        self, seeds: Sequence[int], device: torch.device
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Random starts: latent ``[S, L or 1, D]`` and noise maps, each sample from its own seed."""
+        s = self.settings
+        gen = self.generator
+        rows = 1 if s.tile_latent else gen.num_latents
+        latents, noises = [], []
+        for seed in seeds:
+            rng = torch.Generator().manual_seed(seed)
+            latents.append(torch.randn(rows, gen.latent_dim, generator=rng))
+            noises.append([torch.randn(shape, generator=rng) for shape in gen.noise_shapes])
+        latent = torch.stack(latents).to(device).requires_grad_(True)
+        noise, trainable = [], []
+        for layer in range(len(gen.noise_shapes)):
+            maps = torch.stack([sample_noise[layer] for sample_noise in noises]).to(device)
+            if s.noise_type == "zero" or layer in s.bad_noise_layers:
+                maps.zero_()
+            elif s.noise_type == "trainable" and layer < s.num_trainable_noise_layers:
+                maps.requires_grad_(True)
+                trainable.append(maps)
+            noise.append(maps)
+        return latent, noise, trainable
+
+    def solve(
+        self,
+        lr_images: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        callback: Callable[[StepInfo], None] | None = None,
+    ) -> SearchResult:
+        """Search for high-resolution explanations of ``lr_images``.
+
+        Args:
+            lr_images: ``[N, 3, h, w]`` in [0, 1]; ``h`` must divide the generator's resolution.
+            seeds: one seed per sample (``N * duplicates``, input-major); derived from
+                ``settings.seed`` when omitted.
+            callback: called with a :class:`StepInfo` after every step (progress bars, logging).
+
+        Returns:
+            A :class:`SearchResult` with ``S = N * duplicates`` samples.
+        """
+        s = self.settings
+        gen = self.generator
+        factor = self._check_inputs(lr_images)
+        device = _module_device(gen)
+        downscale = self.downscale(factor).to(device)
+        num_inputs = lr_images.shape[0]
+        input_index = torch.arange(num_inputs).repeat_interleave(s.duplicates)
+        duplicate_index = torch.arange(s.duplicates).repeat(num_inputs)
+        samples = len(input_index)
+        if seeds is None:
+            seeds = [
+                sample_seed(s.seed, i, d) for i, d in zip(input_index.tolist(), duplicate_index.tolist(), strict=True)
+            ]
+        if len(seeds) != samples:
+            raise ValueError(f"got {len(seeds)} seeds for {samples} samples")
+        reference = lr_images.to(device=device, dtype=torch.float32)[input_index.to(device)]
+
+        latent, noise, trainable = self._initial_variables(seeds, device)
+        optimizer = self.optimizer(params=[latent, *trainable])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(s.schedule, s.steps))
+        eps = getattr(self.loss, "eps", s.eps)
+
+        best_loss = torch.full((samples,), math.inf, device=device)
+        best_step = torch.full((samples,), -1, dtype=torch.long, device=device)
+        first_at_eps = torch.full((samples,), -1, dtype=torch.long, device=device)
+        best_hr = torch.zeros(samples, 3, gen.resolution, gen.resolution, device=device)
+        best_terms: dict[str, torch.Tensor] = {}
+        active = torch.ones(samples, dtype=torch.bool, device=device)
+        status = ["ok"] * samples
+        history: list[dict[str, float]] = []
+        start = time.perf_counter()
+
+        for step in range(s.steps):
+            optimizer.zero_grad(set_to_none=True)
+            rows = latent.expand(-1, gen.num_latents, -1) if s.tile_latent else latent
+            style = gen.to_style(rows)
+            hr = (gen.synthesize(style, noise) + 1.0) / 2.0
+            lr_gen = downscale(hr)
+            total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps))
+
+            with torch.no_grad():
+                error = (lr_gen - reference).pow(2).mean(dim=(1, 2, 3))
+                finite = torch.isfinite(total) & torch.isfinite(error)
+                for index in torch.nonzero(active & ~finite).flatten().tolist():
+                    status[index] = f"stopped: non-finite loss at step {step}"
+                active &= finite
+                improved = active & (total < best_loss)
+                best_loss = torch.where(improved, total, best_loss)
+                best_step = torch.where(improved, step, best_step)
+                best_hr[improved] = hr[improved].detach()
+                for name, value in terms.items():
+                    kept = best_terms.get(name, torch.full_like(value, math.nan))
+                    best_terms[name] = torch.where(improved, value.detach(), kept)
+                reached = active & (error <= s.eps) & (first_at_eps < 0)
+                first_at_eps = torch.where(reached, step, first_at_eps)
+
+            if not active.any():
+                break
+            torch.where(active, total, torch.zeros_like(total)).sum().backward()
+            if not active.all():  # keep stopped samples' NaNs out of the optimizer state
+                for variable in (latent, *trainable):
+                    if variable.grad is not None:
+                        variable.grad[~active] = 0
+            optimizer.step()
+            scheduler.step()
+
+            info = self._step_info(step, s.steps, total, terms, error, active, first_at_eps)
+            history.append({"step": step, "loss": info.loss, "at_eps": info.at_eps})
+            if callback is not None:
+                callback(info)
+
+        with torch.no_grad():
+            hr_out = best_hr.clamp(0, 1)
+            lr_out = downscale(hr_out)
+            downscale_error = (lr_out - reference).pow(2).mean(dim=(1, 2, 3))
+            downscale_error = torch.where(best_step >= 0, downscale_error, torch.full_like(downscale_error, math.nan))
+        return SearchResult(
+            hr=hr_out.cpu(),
+            lr=lr_out.cpu(),
+            downscale_error=downscale_error.cpu(),
+            success=(downscale_error <= s.eps).cpu(),
+            best_step=best_step.cpu(),
+            first_step_at_eps=first_at_eps.cpu(),
+            best_loss=best_loss.cpu(),
+            terms={name: value.cpu() for name, value in best_terms.items()},
+            status=status,
+            input_index=input_index,
+            duplicate_index=duplicate_index,
+            seeds=list(seeds),
+            seconds=time.perf_counter() - start,
+            history=history,
+        )
+
+    @staticmethod
+    def _step_info(
+        step: int,
+        steps: int,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        error: torch.Tensor,
+        active: torch.Tensor,
+        first_at_eps: torch.Tensor,
+    ) -> StepInfo:
+        def mean(values: torch.Tensor) -> float:
+            return values.detach()[active].mean().item() if active.any() else math.nan
+
+        return StepInfo(
+            step=step,
+            steps=steps,
+            loss=mean(total),
+            terms={name: mean(value) for name, value in terms.items()},
+            downscale_error=mean(error),
+            at_eps=int((first_at_eps >= 0).sum().item()),
+            active=int(active.sum().item()),
+            samples=len(active),
+        )
+
+
+def super_resolve(
+    generator: Generator,
+    lr_images: torch.Tensor,
+    settings: SearchSettings | None = None,
+    loss: PulseLoss | None = None,
+    **solver_kwargs: Any,
+) -> SearchResult:
+    """One-call convenience: ``PulseSolver(generator, loss, settings=settings).solve(lr_images)``."""
+    return PulseSolver(generator, loss, settings=settings, **solver_kwargs).solve(lr_images)
