@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from pulse.data import ImageFolder
 from pulse.generators.base import check_generator
 from pulse.runner import Runner, RunSummary
 from pulse.solver import PulseSolver, SearchSettings

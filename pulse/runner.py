@@ -185,6 +185,9 @@ class Runner:
         rows = [row for row in rows if (row["name"], int(row["duplicate"])) in finished]
         problems = list(problems)
         todo = [p for p in problems if any((p.name, d) not in finished for d in range(settings.duplicates))]
+        # An input is searched as a whole (all its duplicates), so its partial rows are replaced.
+        redo = {p.name for p in todo}
+        rows = [row for row in rows if row["name"] not in redo]
         if len(todo) < len(problems):
             log.info(
                 "resuming: %d of %d inputs already finished in %s",
