@@ -8,30 +8,33 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
-import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pulse.generators.base import check_generator
-from pulse.runner import Runner, RunSummary
+from pulse.outputs import RunSummary
+from pulse.runner import run_search
 from pulse.solver import PulseSolver, SearchSettings
 
 log = logging.getLogger("pulse")
 
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} requested but CUDA is not available; use device=cpu")
-    return device
+TAGGED_GROUPS = ("generator", "data", "loss", "downscale", "optimizer", "schedule", "experiment")
 
 
-def build_data(cfg: DictConfig, generator):
+def choice_tags(cfg: DictConfig) -> list[str]:
+    """``group=option`` for the chosen config options (when run through Hydra), plus ``cfg.tags``."""
+    tags = list(cfg.get("tags") or [])
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        tags += [f"{group}={choices[group]}" for group in TAGGED_GROUPS if choices.get(group)]
+    return tags
+
+
+def build_data(cfg: DictConfig, generator: Any) -> Any:
     """The data source; folder sources need the generator's resolution, generated ones the generator."""
     target = cfg.data.get("_target_", "")
     if target.endswith("GeneratedFaces"):
@@ -41,14 +44,25 @@ def build_data(cfg: DictConfig, generator):
     return instantiate(cfg.data)
 
 
+def objective_value(summary: RunSummary, objective: str) -> float | None:
+    """The number a sweeper optimises: a summary field or the mean of a metric column."""
+    if objective in ("success_rate", "mean_downscale_error"):
+        return getattr(summary, objective)
+    if objective in summary.metrics:
+        return summary.metrics[objective]
+    valid = ["success_rate", "mean_downscale_error", *summary.metrics]
+    raise ValueError(f"unknown objective {objective!r}; valid for this run: {valid}")
+
+
 def run(cfg: DictConfig) -> RunSummary:
     """Run PULSE as configured; returns the run's summary (also written to ``out_dir/summary.json``)."""
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.tags = choice_tags(cfg)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    device = pick_device(cfg.device)
 
-    generator = check_generator(instantiate(cfg.generator)).to(device)
+    generator = check_generator(instantiate(cfg.generator))
     settings = SearchSettings(**cfg.solver, schedule=cfg.schedule.name, seed=cfg.seed)
     solver = PulseSolver(
         generator,
@@ -62,18 +76,44 @@ def run(cfg: DictConfig) -> RunSummary:
     skipped = getattr(data, "skipped", {})
     if not problems:
         raise RuntimeError(f"no usable input images; skipped: {skipped}")
-    log.info("%d inputs, %s, generator %s, device %s", len(problems), solver.loss, type(generator).__name__, device)
+    log.info("%d inputs, loss %s, generator %s", len(problems), solver.loss, type(generator).__name__)
 
-    runner = Runner(solver, out_dir, batch_size=cfg.batch_size, progress=cfg.progress)
-    summary = runner.run(problems, skipped_inputs=skipped)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+    try:
+        summary = run_search(
+            solver,
+            problems,
+            out_dir,
+            batch_size=cfg.batch_size,
+            trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+            loggers=loggers,
+            hparams=OmegaConf.to_container(cfg, resolve=True),
+            progress=cfg.progress,
+            log_steps=cfg.log_steps,
+            frames_every=cfg.frame_every if cfg.save_intermediate else 0,
+            skipped_inputs=skipped,
+        )
+    finally:
+        finish_wandb()
     print(summary.line(), flush=True)
     return summary
 
 
+def finish_wandb() -> None:
+    """Close the W&B run, if one was started, so the next job of a multirun starts its own."""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     summary = run(cfg)
-    return summary.success_rate  # the value Hydra sweepers (Optuna) optimise
+    return objective_value(summary, cfg.objective)  # the value Hydra sweepers (Optuna) optimise
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class SearchResult:
         seeds: per-sample seeds used for the random start.
         seconds: wall time of the whole batch.
         history: per step, the mean loss and number of samples at eps.
+        frames: ``[T, S, 3, f, f]`` intermediate images when recorded, else ``None``.
     """
 
     hr: torch.Tensor
@@ -111,11 +112,19 @@ class SearchResult:
     seeds: list[int]
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    frames: torch.Tensor | None = None
 
 
 def sample_seed(base_seed: int, *keys: int) -> int:
     """A well-mixed 63-bit seed for one sample, independent of which batch it lands in."""
     return int(np.random.SeedSequence([base_seed % 2**32, *keys]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _thumbnail(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, 3, R, R] -> [B, 3, min(R, size), ...]`` clamped to [0, 1]."""
+    if images.shape[-1] > size:
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="area")
+    return images.clamp(0, 1)
 
 
 def _module_device(module: object) -> torch.device:
@@ -192,6 +201,8 @@ class PulseSolver:
         lr_images: torch.Tensor,
         seeds: Sequence[int] | None = None,
         callback: Callable[[StepInfo], None] | None = None,
+        frames_every: int = 0,
+        frame_size: int = 128,
     ) -> SearchResult:
         """Search for high-resolution explanations of ``lr_images``.
 
@@ -200,6 +211,8 @@ class PulseSolver:
             seeds: one seed per sample (``N * duplicates``, input-major); derived from
                 ``settings.seed`` when omitted.
             callback: called with a :class:`StepInfo` after every step (progress bars, logging).
+            frames_every: record the current images every this many steps (0: never), shrunk to
+                at most ``frame_size`` px, for animations of the search.
 
         Returns:
             A :class:`SearchResult` with ``S = N * duplicates`` samples.
@@ -234,6 +247,7 @@ class PulseSolver:
         active = torch.ones(samples, dtype=torch.bool, device=device)
         status = ["ok"] * samples
         history: list[dict[str, float]] = []
+        frames: list[torch.Tensor] = []
         start = time.perf_counter()
 
         for step in range(s.steps):
@@ -245,6 +259,8 @@ class PulseSolver:
             total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps))
 
             with torch.no_grad():
+                if frames_every and step % frames_every == 0:
+                    frames.append(_thumbnail(hr.detach(), frame_size).cpu())
                 error = (lr_gen - reference).pow(2).mean(dim=(1, 2, 3))
                 finite = torch.isfinite(total) & torch.isfinite(error)
                 for index in torch.nonzero(active & ~finite).flatten().tolist():
@@ -295,6 +311,7 @@ class PulseSolver:
             seeds=list(seeds),
             seconds=time.perf_counter() - start,
             history=history,
+            frames=torch.stack(frames) if frames else None,
         )
 
     @staticmethod

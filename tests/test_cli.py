@@ -98,6 +98,8 @@ def test_command_line_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pulse: 2 samples, success" in proc.stdout
     assert (out / "results.csv").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    tags = OmegaConf.load(out / "config.yaml").tags
+    assert "loss=l2+geocross" in tags and "generator=dcgan_faces" in tags
 
     bad = subprocess.run(
         [sys.executable, "run.py", "optimizer=lbfgs", f"hydra.run.dir={out}"],
