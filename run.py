@@ -96,6 +96,8 @@ def run(cfg: DictConfig) -> RunSummary:
     finally:
         finish_wandb()
     print(summary.line(), flush=True)
+    for line in summary.note_lines():
+        print(line, flush=True)
     return summary
 
 

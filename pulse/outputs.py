@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pulse.data import Problem, load_image, save_image
+from pulse.metrics.base import RunMetric
 from pulse.solver import SearchResult
 
 RESULT_FIELDS = (
@@ -48,8 +49,6 @@ RESULT_FIELDS = (
     "image",
 )
 
-SampleMetric = Callable[[torch.Tensor, Problem], dict[str, float | None]]
-
 
 def psnr(mse: torch.Tensor | float, peak: float = 1.0) -> float:
     """PSNR in dB from an MSE on [0, peak] images; ``inf`` for a perfect match, ``nan`` for ``nan``."""
@@ -57,13 +56,6 @@ def psnr(mse: torch.Tensor | float, peak: float = 1.0) -> float:
     if math.isnan(mse):
         return math.nan
     return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
-
-
-def hr_psnr(sr: torch.Tensor, problem: Problem) -> dict[str, float | None]:
-    """PSNR of one sample ``[3, H, W]`` against the ground truth, when there is one."""
-    if problem.hr is None:
-        return {}
-    return {"psnr_hr": psnr(F.mse_loss(sr, problem.hr.to(sr)))}
 
 
 def name_key(name: str) -> int:
@@ -110,6 +102,7 @@ class RunSummary:
     metrics: dict[str, float | None] = field(default_factory=dict)
     failed: int = 0
     skipped_inputs: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
     out_dir: str = ""
 
     def line(self) -> str:
@@ -119,12 +112,19 @@ class RunSummary:
         if self.mean_downscale_error is not None:
             parts.append(f"mean downscale error {self.mean_downscale_error:.3g}")
         for name, value in self.metrics.items():
-            parts.append(f"{name} {value:.4g}" if value is not None else f"{name} n/a")
+            if value is not None:
+                parts.append(f"{name} {value:.4g}")
         if self.failed:
             parts.append(f"{self.failed} stopped early (see results.csv status)")
         if self.skipped_inputs:
             parts.append(f"{len(self.skipped_inputs)} input(s) skipped")
         return "pulse: " + ", ".join(parts) + f" -> {self.out_dir}"
+
+    def note_lines(self) -> list[str]:
+        """One line per metric that has no value, saying why (recorded as null in the results)."""
+        return [
+            f"{name} unavailable: {reason}" for name, reason in self.notes.items() if self.metrics.get(name) is None
+        ]
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -132,14 +132,17 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
-def summarise(rows: list[dict[str, str]], skipped_inputs: dict[str, str], out_dir: str) -> RunSummary:
+def summarise(
+    rows: list[dict[str, str]], skipped_inputs: dict[str, str], out_dir: str, notes: dict[str, str] | None = None
+) -> RunSummary:
     """Success rate, mean downscale error and the mean of every extra metric column (empty cells skipped)."""
 
     def values(key: str) -> list[float]:
         return [float(row[key]) for row in rows if row.get(key) not in (None, "")]
 
     successes = sum(row["success"] == "True" for row in rows)
-    extra = [key for key in (rows[0] if rows else {}) if key not in RESULT_FIELDS and not key.startswith("loss_")]
+    columns = dict.fromkeys(key for row in rows for key in row)
+    extra = [key for key in columns if key not in RESULT_FIELDS and not key.startswith("loss_")]
     return RunSummary(
         samples=len(rows),
         successes=successes,
@@ -148,6 +151,7 @@ def summarise(rows: list[dict[str, str]], skipped_inputs: dict[str, str], out_di
         metrics={key: _mean(values(key)) for key in extra},
         failed=sum(row["status"] != "ok" for row in rows),
         skipped_inputs=skipped_inputs,
+        notes=dict(notes or {}),
         out_dir=out_dir,
     )
 
@@ -158,7 +162,7 @@ class ResultStore:
     Args:
         out_dir: the run folder (created).
         rank, world_size: this process's place among the processes writing the folder.
-        metrics: per-sample metric functions ``(sr [3, H, W], problem) -> {name: value}``.
+        metrics: :class:`pulse.metrics.base.RunMetric` objects adding columns to each row.
     """
 
     def __init__(
@@ -166,7 +170,7 @@ class ResultStore:
         out_dir: str | Path,
         rank: int = 0,
         world_size: int = 1,
-        metrics: Sequence[SampleMetric] = (hr_psnr,),
+        metrics: Sequence[RunMetric] = (),
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +178,7 @@ class ResultStore:
         self.world_size = world_size
         self.metrics = list(metrics)
         self._own_rows: list[dict[str, str]] | None = None
+        self._own_notes: dict[str, str] | None = None
 
     @property
     def results_path(self) -> Path:
@@ -183,6 +188,17 @@ class ResultStore:
     def own_path(self) -> Path:
         """The file this process appends to after every batch."""
         return self.results_path if self.world_size == 1 else self.out_dir / f"results.rank{self.rank}.csv"
+
+    @property
+    def notes_path(self) -> Path:
+        return self.out_dir / "notes.json" if self.world_size == 1 else self.out_dir / f"notes.rank{self.rank}.json"
+
+    def _all_notes(self) -> dict[str, str]:
+        notes: dict[str, str] = {}
+        for path in [self.out_dir / "notes.json", *sorted(self.out_dir.glob("notes.rank*.json"))]:
+            if path.is_file():
+                notes.update(json.loads(path.read_text()))
+        return notes
 
     def _all_rows(self) -> list[dict[str, str]]:
         """Rows from ``results.csv`` and from any per-rank files a multi-process run left behind."""
@@ -212,6 +228,12 @@ class ResultStore:
         """Save each sample's image (and frames), append its row, rewrite this process's CSV."""
         rows = []
         per_sample_seconds = result.seconds / max(len(result.seeds), 1)
+        columns: dict[str, torch.Tensor] = {}
+        notes: dict[str, str] = {}
+        for metric in self.metrics:
+            values = metric(result, problems)
+            columns.update(values.values)
+            notes.update(values.notes)
         for s in range(len(result.seeds)):
             problem = problems[int(result.input_index[s])]
             duplicate = int(result.duplicate_index[s])
@@ -238,14 +260,18 @@ class ResultStore:
                 "image": image,
             }
             row.update({f"loss_{name}": float(value[s]) for name, value in result.terms.items()})
-            for metric in self.metrics:
-                row.update(metric(result.hr[s], problem))
+            row.update({name: float(value[s]) for name, value in columns.items()})
             rows.append({key: _fmt(value) for key, value in row.items()})
         if self._own_rows is None:
             self._own_rows = read_rows(self.own_path)
         redo = {p.name for p in problems}
         self._own_rows = [r for r in self._own_rows if r["name"] not in redo] + rows
         write_rows(self.own_path, self._own_rows)
+        if notes:
+            if self._own_notes is None:
+                self._own_notes = json.loads(self.notes_path.read_text()) if self.notes_path.is_file() else {}
+            self._own_notes.update(notes)
+            write_text_atomic(self.notes_path, json.dumps(self._own_notes, indent=2))
         return rows
 
     def merge(self, problems: Sequence[Problem]) -> list[dict[str, str]]:
@@ -253,15 +279,16 @@ class ResultStore:
         order = {p.name: i for i, p in enumerate(problems)}
         rows = sorted(self._all_rows(), key=lambda r: (order.get(r["name"], len(order)), int(r["duplicate"])))
         write_rows(self.results_path, rows)
-        for part in self.out_dir.glob("results.rank*.csv"):
+        notes = self._all_notes()
+        if notes:
+            write_text_atomic(self.out_dir / "notes.json", json.dumps(notes, indent=2))
+        for part in [*self.out_dir.glob("results.rank*.csv"), *self.out_dir.glob("notes.rank*.json")]:
             part.unlink()
         return rows
 
     def write_summary(self, rows: list[dict[str, str]], skipped_inputs: dict[str, str]) -> RunSummary:
-        summary = summarise(rows, skipped_inputs, str(self.out_dir))
-        tmp = self.out_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(asdict(summary), indent=2, allow_nan=False))
-        os.replace(tmp, self.out_dir / "summary.json")
+        summary = summarise(rows, skipped_inputs, str(self.out_dir), self._all_notes())
+        write_text_atomic(self.out_dir / "summary.json", json.dumps(asdict(summary), indent=2, allow_nan=False))
         return summary
 
     def read_summary(self) -> RunSummary:
@@ -296,6 +323,12 @@ class ResultStore:
         path = self.out_dir / "grid.png"
         save_image(canvas, path)
         return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_gif(frames: torch.Tensor, path: Path, milliseconds: int = 80) -> None:

@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from pulse.data import Problem
-from pulse.outputs import RESULT_FIELDS, ResultStore, RunSummary, SampleMetric, hr_psnr, name_key
+from pulse.metrics import default_metrics
+from pulse.metrics.base import RunMetric
+from pulse.outputs import RESULT_FIELDS, ResultStore, RunSummary, name_key
 from pulse.solver import PulseSolver, SearchResult, StepInfo, sample_seed
 
 log = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ class PulseModule(pl.LightningModule):
 class ResultWriter(BasePredictionWriter):
     """Writes images and rows as each batch finishes, and sends per-sample metrics to the loggers."""
 
-    def __init__(self, out_dir: str | Path, metrics: Sequence[SampleMetric] = (hr_psnr,)) -> None:
+    def __init__(self, out_dir: str | Path, metrics: Sequence[RunMetric] = ()) -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
         self.metrics = list(metrics)
@@ -191,7 +193,7 @@ def run_search(
     trainer: Mapping[str, Any] | None = None,
     loggers: Sequence[Logger] = (),
     hparams: Mapping[str, Any] | None = None,
-    metrics: Sequence[SampleMetric] = (hr_psnr,),
+    metrics: Sequence[RunMetric] | None = None,
     progress: bool = True,
     log_steps: bool = False,
     frames_every: int = 0,
@@ -207,7 +209,7 @@ def run_search(
         trainer: ``pl.Trainer`` arguments (``accelerator``, ``devices``, ``precision``, ``strategy``, ...).
         loggers: Lightning loggers (CSV, TensorBoard, W&B, ...).
         hparams: the resolved configuration, sent to the loggers.
-        metrics: per-sample metric functions written as extra columns.
+        metrics: metrics adding columns to each row; ``None``: :func:`pulse.metrics.default_metrics`.
         progress: progress bars over inputs and over steps.
         log_steps: per-step loss curves to the loggers.
         frames_every: also write ``frames/<name>_<d>.gif`` recorded every this many steps (0: off).
@@ -217,6 +219,7 @@ def run_search(
         The summary of all samples in the folder (on every process).
     """
     out_dir = Path(out_dir)
+    metrics = default_metrics() if metrics is None else list(metrics)
     store = ResultStore(out_dir, metrics=metrics)
     pending = store.pending(problems, solver.settings.duplicates)
     if len(pending) < len(problems):
@@ -249,6 +252,7 @@ def run_search(
         with warnings.catch_warnings():
             # Our batch sampler returns every index by construction (see ShardedBatches).
             warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+            warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning vs newer torch, harmless
             pl_trainer.predict(module, loader, return_predictions=False)
     pl_trainer.strategy.barrier()
     if pl_trainer.is_global_zero:
