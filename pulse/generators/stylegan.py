@@ -1,0 +1,617 @@
+"""StyleGAN (v1) synthesis and mapping networks, interchangeable with the official PULSE weights.
+
+The layer arithmetic follows the official PULSE port (``adamian98/pulse``, ``stylegan.py``, itself
+derived from lernapparat's port of NVIDIA's TensorFlow StyleGAN): equalised learning rate (weights are
+stored N(0, 1)-scaled and multiplied by ``gain / sqrt(fan_in)`` at run time), a [1, 2, 1] blur after
+every upsampling, a fused transposed-convolution upsampling from 128 px on, and per layer the order
+noise -> leaky ReLU(0.2) -> instance norm -> style modulation. There is no truncation.
+
+Module attribute names mirror the official module tree so that ``state_dict`` keys match the
+official ``synthesis.pt`` / ``mapping.pt`` files (``blocks.4x4.const``, ``blocks.8x8.conv0_up.weight``,
+``dense0.weight``, ...) and ``load_state_dict`` takes them unchanged.
+
+Search space (PULSE): the latent ``z`` (``[batch, layers, 512]``, each row on the sphere) is mapped to
+the synthesis input by ``leaky_relu(z * std + mean, 0.2)``, where ``mean``/``std`` are statistics of
+``leaky_relu(mapping(z), 5)`` (the inverse of the mapping's last activation) over random ``z``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pulse.cache import atomic_write_bytes
+from pulse.cache import cache_dir as default_cache_dir
+from pulse.generators.base import freeze
+
+LRELU_SLOPE = 0.2
+# Inverse of the mapping's last leaky ReLU (slope 0.2): statistics are gathered in this "Gaussian" space.
+INVERSE_LRELU_SLOPE = 5.0
+# The official network switches from "nearest upsample + conv" to a fused transposed conv at this output size.
+FUSED_UPSAMPLE_MIN_SIDE = 128
+# Random-init images have std ~1.4; this brings the synthetic generator's output to about [-1, 1].
+SYNTHETIC_RGB_SCALE = 0.35
+WEIGHTS_HINT = (
+    "run `python scripts/fetch_weights.py ffhq`, or copy the official PULSE synthesis.pt/mapping.pt there"
+)
+
+
+def noise_shapes(num_layers: int) -> list[tuple[int, int, int]]:
+    """Per-sample noise shapes ``(1, r, r)``: two layers per resolution, ``r = 4, 4, 8, 8, 16, ...``."""
+    return [(1, 2 ** (i // 2 + 2), 2 ** (i // 2 + 2)) for i in range(num_layers)]
+
+
+def _new_weight(*shape: int, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.empty(*shape).normal_(0.0, std, generator=generator)
+
+
+# --------------------------------------------------------------------------------------------------
+# Equalised-learning-rate layers
+# --------------------------------------------------------------------------------------------------
+
+
+class EqualizedLinear(nn.Module):
+    """Dense layer whose weight is stored unscaled and multiplied by ``gain / sqrt(in) * lr_multiplier``.
+
+    ``[..., in_features] -> [..., out_features]``. The bias is multiplied by ``lr_multiplier``
+    (0.01 in the mapping network, 1 elsewhere), as in the official layer.
+    """
+
+    def __init__(self, in_features: int, out_features: int, gain: float, lr_multiplier: float = 1.0) -> None:
+        super().__init__()
+        self.lr_multiplier = lr_multiplier
+        self.weight_gain = gain / math.sqrt(in_features) * lr_multiplier
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Reference init: weight ~ N(0, 1 / lr_multiplier**2), zero bias (effective weight is He-scaled)."""
+        with torch.no_grad():
+            self.weight.copy_(
+                _new_weight(*self.weight.shape, std=1.0 / self.lr_multiplier, generator=generator)
+            )
+            self.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_multiplier)
+
+
+class EqualizedConv2d(nn.Module):
+    """``same``-padded convolution with run-time He scaling ``gain / sqrt(in * k * k)``.
+
+    ``[B, in, H, W] -> [B, out, H, W]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, gain: float) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight_gain = gain / math.sqrt(in_channels * kernel_size**2)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.weight.copy_(_new_weight(*self.weight.shape, generator=generator))
+            self.bias.zero_()
+
+    def scaled_weight(self) -> torch.Tensor:
+        """The effective kernel ``[out, in, k, k]``."""
+        return self.weight * self.weight_gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.scaled_weight(), self.bias, padding=self.kernel_size // 2)
+
+
+class Blur(nn.Module):
+    """Depthwise 3x3 binomial low-pass filter ([1, 2, 1] outer product / 16), ``[B, C, H, W]`` kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = taps[:, None] * taps[None, :]
+        # Persistent buffer: the official state dicts carry it as ``...conv0_up.intermediate.kernel``.
+        self.register_buffer("kernel", (kernel / kernel.sum())[None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        return F.conv2d(x, self.kernel.expand(channels, -1, -1, -1), padding=1, groups=channels)
+
+
+def fused_upsample_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Nearest x2 upsampling and a 3x3 convolution as one stride-2 transposed convolution.
+
+    ``x``: ``[B, in, H, W]``; ``weight``: effective kernel ``[out, in, 3, 3]``; returns ``[B, out, 2H, 2W]``.
+    Summing the four one-pixel shifts of the kernel gives the 4x4 kernel of "upsample then convolve".
+    A transposed convolution flips its kernel, so this equals nearest upsampling followed by a
+    convolution with the *spatially flipped* 3x3 kernel. The official weights were trained this way
+    (TensorFlow's fused path), which is why the non-fused path at >= 128 px would not reproduce them.
+    """
+    kernel = F.pad(weight.transpose(0, 1), (1, 1, 1, 1))  # [in, out, 5, 5]
+    kernel = kernel[:, :, 1:, 1:] + kernel[:, :, :-1, 1:] + kernel[:, :, 1:, :-1] + kernel[:, :, :-1, :-1]
+    return F.conv_transpose2d(x, kernel, stride=2, padding=1)
+
+
+class UpsampleConv2d(EqualizedConv2d):
+    """x2 upsampling, 3x3 equalised conv, blur, then bias. ``[B, in, H, W] -> [B, out, 2H, 2W]``.
+
+    Below 128 px output: nearest upsampling then convolution; from 128 px on: the fused transposed
+    convolution (:func:`fused_upsample_conv`), exactly as the official network switches.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, gain: float) -> None:
+        super().__init__(in_channels, out_channels, 3, gain)
+        self.intermediate = Blur()  # attribute name fixed by the official state-dict keys
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if 2 * min(x.shape[2:]) >= FUSED_UPSAMPLE_MIN_SIDE:
+            x = fused_upsample_conv(x, self.scaled_weight())
+        else:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = F.conv2d(x, self.scaled_weight(), padding=1)
+        # The bias comes after the blur (blurring a per-channel constant would not change it, but keeps
+        # the float rounding identical to the reference).
+        return self.intermediate(x) + self.bias.view(1, -1, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-layer epilogue: noise, activation, instance norm, style
+# --------------------------------------------------------------------------------------------------
+
+
+class NoiseInjection(nn.Module):
+    """Adds a single-channel noise map scaled by a learned per-channel strength.
+
+    ``x``: ``[B, C, H, W]``, ``noise``: ``[B or 1, 1, H, W]``; ``None`` draws fresh N(0, 1) noise.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels))
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.weight.zero_()
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        return x + self.weight.view(1, -1, 1, 1) * noise
+
+
+class StyleModulation(nn.Module):
+    """Adaptive instance norm's affine part: ``x * (1 + scale(w)) + shift(w)``.
+
+    ``x``: ``[B, C, H, W]``, ``dlatent``: ``[B, dlatent_size]``.
+    """
+
+    def __init__(self, dlatent_size: int, channels: int) -> None:
+        super().__init__()
+        self.lin = EqualizedLinear(dlatent_size, 2 * channels, gain=1.0)
+
+    def forward(self, x: torch.Tensor, dlatent: torch.Tensor) -> torch.Tensor:
+        style = self.lin(dlatent).view(-1, 2, x.shape[1], 1, 1)  # [B, (scale, shift), C, 1, 1]
+        return x * (style[:, 0] + 1.0) + style[:, 1]
+
+
+class LayerEpilogue(nn.Module):
+    """What follows every convolution: noise -> leaky ReLU(0.2) -> instance norm -> style. Shape kept."""
+
+    def __init__(self, channels: int, dlatent_size: int) -> None:
+        super().__init__()
+        self.noise = NoiseInjection(channels)
+        self.style_mod = StyleModulation(dlatent_size, channels)
+
+    def forward(self, x: torch.Tensor, dlatent: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        x = self.noise(x, noise)
+        x = F.leaky_relu(x, LRELU_SLOPE)
+        x = F.instance_norm(x, eps=1e-5)  # nn.InstanceNorm2d defaults: no affine, no running stats
+        return self.style_mod(x, dlatent)
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthesis network
+# --------------------------------------------------------------------------------------------------
+
+
+class ConstantInputBlock(nn.Module):
+    """The 4x4 block: learned constant (+ bias), epilogue, 3x3 conv, epilogue. Output ``[B, C, 4, 4]``."""
+
+    def __init__(self, channels: int, dlatent_size: int) -> None:
+        super().__init__()
+        self.const = nn.Parameter(torch.ones(1, channels, 4, 4))
+        self.bias = nn.Parameter(torch.ones(channels))
+        self.epi1 = LayerEpilogue(channels, dlatent_size)
+        self.conv = EqualizedConv2d(channels, channels, 3, gain=math.sqrt(2))
+        self.epi2 = LayerEpilogue(channels, dlatent_size)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            self.const.fill_(1.0)
+            self.bias.fill_(1.0)
+
+    def forward(self, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """``dlatents``: ``[B, 2, dlatent_size]`` (this block's two layers); ``noise``: two maps."""
+        x = self.const.expand(dlatents.shape[0], -1, -1, -1) + self.bias.view(1, -1, 1, 1)
+        x = self.epi1(x, dlatents[:, 0], noise[0])
+        x = self.conv(x)
+        return self.epi2(x, dlatents[:, 1], noise[1])
+
+
+class UpsamplingBlock(nn.Module):
+    """One doubling: upsample-conv, epilogue, 3x3 conv, epilogue. ``[B, in, r, r] -> [B, out, 2r, 2r]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, dlatent_size: int) -> None:
+        super().__init__()
+        self.conv0_up = UpsampleConv2d(in_channels, out_channels, gain=math.sqrt(2))
+        self.epi1 = LayerEpilogue(out_channels, dlatent_size)
+        self.conv1 = EqualizedConv2d(out_channels, out_channels, 3, gain=math.sqrt(2))
+        self.epi2 = LayerEpilogue(out_channels, dlatent_size)
+
+    def forward(
+        self, x: torch.Tensor, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None]
+    ) -> torch.Tensor:
+        x = self.epi1(self.conv0_up(x), dlatents[:, 0], noise[0])
+        return self.epi2(self.conv1(x), dlatents[:, 1], noise[1])
+
+
+class Synthesis(nn.Module):
+    """StyleGAN (v1) synthesis network (official PULSE layout and state-dict keys).
+
+    Args:
+        resolution: output side ``R``, a power of two >= 4 (1024 for FFHQ).
+        fmap_base, fmap_decay, fmap_max: feature maps at the block of side ``2**s`` are
+            ``min(int(fmap_base / 2**((s - 1) * fmap_decay)), fmap_max)``.
+        dlatent_size: size of one style vector ``w`` (512).
+        num_channels: output colour channels (3).
+
+    Attributes:
+        num_layers: ``L = 2 * log2(R) - 2`` style/noise layers (18 at 1024 px).
+    """
+
+    def __init__(
+        self,
+        resolution: int = 1024,
+        fmap_base: int = 8192,
+        fmap_decay: float = 1.0,
+        fmap_max: int = 512,
+        dlatent_size: int = 512,
+        num_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        log2 = int(round(math.log2(resolution))) if resolution > 0 else 0
+        if resolution < 4 or 2**log2 != resolution:
+            raise ValueError(f"StyleGAN resolution must be a power of two >= 4, got {resolution}")
+
+        def channels_at(stage: int) -> int:
+            return min(int(fmap_base / 2.0 ** (stage * fmap_decay)), fmap_max)
+
+        self.resolution = resolution
+        self.dlatent_size = dlatent_size
+        self.num_layers = 2 * log2 - 2
+        blocks: dict[str, nn.Module] = {"4x4": ConstantInputBlock(channels_at(1), dlatent_size)}
+        for level in range(3, log2 + 1):
+            blocks[f"{2**level}x{2**level}"] = UpsamplingBlock(
+                channels_at(level - 2), channels_at(level - 1), dlatent_size
+            )
+        # Registered before ``blocks`` so the state-dict key order also matches the official files.
+        self.torgb = EqualizedConv2d(channels_at(log2 - 1), num_channels, 1, gain=1.0)
+        self.blocks = nn.ModuleDict(blocks)
+
+    @property
+    def noise_shapes(self) -> list[tuple[int, int, int]]:
+        return noise_shapes(self.num_layers)
+
+    def forward(
+        self, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None
+    ) -> torch.Tensor:
+        """Render images.
+
+        Args:
+            dlatents: ``[batch, num_layers, dlatent_size]``, one style vector per layer.
+            noise: ``num_layers`` maps, entry ``i`` of shape ``[batch or 1, 1, r_i, r_i]`` with
+                ``r_i = 2**(i // 2 + 2)``; ``None`` (or a ``None`` entry) draws fresh N(0, 1) noise.
+
+        Returns:
+            ``[batch, num_channels, resolution, resolution]``, roughly in ``[-1, 1]`` for trained weights.
+        """
+        if dlatents.dim() != 3 or dlatents.shape[1] != self.num_layers:
+            raise ValueError(
+                f"dlatents must be [batch, {self.num_layers}, {self.dlatent_size}], "
+                f"got {list(dlatents.shape)}"
+            )
+        if noise is None:
+            noise = [None] * self.num_layers
+        if len(noise) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} noise maps, got {len(noise)}")
+        x: torch.Tensor | None = None
+        for index, block in enumerate(self.blocks.values()):
+            layers = slice(2 * index, 2 * index + 2)
+            if x is None:
+                x = block(dlatents[:, layers], noise[layers])
+            else:
+                x = block(x, dlatents[:, layers], noise[layers])
+        return self.torgb(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mapping network and its Gaussian fit
+# --------------------------------------------------------------------------------------------------
+
+
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale each ``[B, D]`` row to unit root-mean-square."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps)
+
+
+class Mapping(nn.Module):
+    """StyleGAN (v1) mapping network ``z -> w``: pixel norm, then ``mapping_layers`` x (dense, leaky ReLU).
+
+    Dense layers use equalised learning rate with a 0.01 learning-rate multiplier, and are named
+    ``dense0 ... dense7`` like the official ``mapping.pt``. ``[batch, latent_size] -> [batch, dlatent_size]``.
+    """
+
+    def __init__(
+        self,
+        latent_size: int = 512,
+        dlatent_size: int = 512,
+        mapping_layers: int = 8,
+        mapping_fmaps: int = 512,
+        lr_multiplier: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.latent_size = latent_size
+        self.dlatent_size = dlatent_size
+        self.num_dense = mapping_layers
+        sizes = [latent_size] + [mapping_fmaps] * (mapping_layers - 1) + [dlatent_size]
+        for index in range(mapping_layers):
+            dense = EqualizedLinear(
+                sizes[index], sizes[index + 1], gain=math.sqrt(2), lr_multiplier=lr_multiplier
+            )
+            self.add_module(f"dense{index}", dense)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = pixel_norm(z)
+        for index in range(self.num_dense):
+            x = F.leaky_relu(getattr(self, f"dense{index}")(x), LRELU_SLOPE)
+        return x
+
+
+@torch.no_grad()
+def gaussian_fit(
+    mapping: Mapping,
+    num_samples: int = 1_000_000,
+    seed: int = 0,
+    batch_size: int = 65536,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Mean and unbiased std of ``leaky_relu(mapping(z), 5)`` over ``num_samples`` z ~ N(0, I).
+
+    ``z`` is drawn batch by batch from ``torch.Generator().manual_seed(seed)`` on the CPU (so the draw
+    does not depend on the device or, since consecutive draws concatenate, on ``batch_size``) and moved
+    to the mapping's device. Batch statistics are merged in float64 (Chan et al.'s parallel variance),
+    so a million samples never sit in memory at once and no precision is lost to cancellation.
+
+    Returns:
+        ``{"mean": [dlatent_size], "std": [dlatent_size]}``, float32 on the CPU.
+    """
+    if num_samples < 2:
+        raise ValueError(f"gaussian_fit needs at least 2 samples, got {num_samples}")
+    from tqdm.auto import tqdm  # local: keep module import light
+
+    param = next(mapping.parameters())
+    rng = torch.Generator().manual_seed(seed)
+    count = 0
+    mean = torch.zeros(mapping.dlatent_size, dtype=torch.float64)
+    m2 = torch.zeros(mapping.dlatent_size, dtype=torch.float64)
+    with tqdm(total=num_samples, disable=not progress, desc="gaussian fit", unit="z") as bar:
+        while count < num_samples:
+            size = min(batch_size, num_samples - count)
+            z = torch.randn(size, mapping.latent_size, generator=rng)
+            w = mapping(z.to(device=param.device, dtype=param.dtype))
+            y = F.leaky_relu(w, INVERSE_LRELU_SLOPE).to(device="cpu", dtype=torch.float64)
+            batch_mean = y.mean(dim=0)
+            batch_m2 = (y - batch_mean).pow(2).sum(dim=0)
+            total = count + size
+            delta = batch_mean - mean
+            mean += delta * (size / total)
+            m2 += batch_m2 + delta.pow(2) * (count * size / total)
+            count = total
+            bar.update(size)
+    return {"mean": mean.float(), "std": (m2 / (count - 1)).sqrt().float()}
+
+
+def mapping_fit_key(mapping: nn.Module, num_samples: int, seed: int) -> str:
+    """Cache key: sha256 of the fit settings and the mapping's state dict (names, shapes, dtypes, bytes)."""
+    header = f"pulse-gaussian-fit-v1;slope={INVERSE_LRELU_SLOPE};n={num_samples};seed={seed}\n"
+    digest = hashlib.sha256(header.encode())
+    for key, tensor in mapping.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_gaussian_fit(
+    mapping: Mapping,
+    num_samples: int,
+    seed: int = 0,
+    cache_root: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """:func:`gaussian_fit`, stored under ``<cache_root or cache_dir()>/gaussian_fit/<hash>.pt``.
+
+    The file name hashes the mapping weights, ``num_samples`` and ``seed``, so different weights or
+    settings never share an entry. An unreadable cache entry is recomputed and overwritten.
+    """
+    root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    path = root / "gaussian_fit" / f"{mapping_fit_key(mapping, num_samples, seed)}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, weights_only=True, map_location="cpu")
+            return {"mean": cached["mean"], "std": cached["std"]}
+        except Exception:  # truncated or foreign file: fall through and recompute
+            pass
+    fit = gaussian_fit(mapping, num_samples=num_samples, seed=seed, progress=progress)
+    buffer = io.BytesIO()
+    torch.save(fit, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return fit
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading files
+# --------------------------------------------------------------------------------------------------
+
+
+def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A ``{name: tensor}`` file read with ``weights_only=True`` on the CPU; clear errors otherwise."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # not a plain tensor file (pickled module, corrupt, ...)
+        raise RuntimeError(
+            f"cannot read {path} as a plain PyTorch state dict (weights_only load): {error}"
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
+    return state
+
+
+def load_into(module: nn.Module, path: Path) -> None:
+    """``module.load_state_dict`` from ``path`` (strict), naming the file when the layout does not match."""
+    state = load_tensor_dict(path)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise RuntimeError(f"{path} does not match the {type(module).__name__} layout: {error}") from error
+
+
+def load_gaussian_fit(path: Path) -> dict[str, torch.Tensor]:
+    """The official ``gaussian_fit.pt`` (``{"mean": [512], "std": [512]}``, saved on CUDA)."""
+    fit = load_tensor_dict(path)
+    if "mean" not in fit or "std" not in fit:
+        raise RuntimeError(f"{path} must hold 'mean' and 'std' tensors, found keys {sorted(fit)}")
+    return {"mean": fit["mean"].float().reshape(-1), "std": fit["std"].float().reshape(-1)}
+
+
+# --------------------------------------------------------------------------------------------------
+# The Generator wrapper
+# --------------------------------------------------------------------------------------------------
+
+
+class StyleGANGenerator(nn.Module):
+    """Frozen StyleGAN synthesis + Gaussian fit, following :class:`pulse.generators.base.Generator`.
+
+    Args:
+        synthesis: the synthesis network (frozen here).
+        gaussian_fit: ``{"mean": [latent_dim], "std": [latent_dim]}`` from :func:`gaussian_fit`.
+    """
+
+    def __init__(self, synthesis: Synthesis, gaussian_fit: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.synthesis = freeze(synthesis)
+        self.resolution = synthesis.resolution
+        self.num_latents = synthesis.num_layers
+        self.latent_dim = synthesis.dlatent_size
+        self.noise_shapes: list[tuple[int, ...]] = list(noise_shapes(self.num_latents))
+        for name in ("mean", "std"):
+            value = torch.as_tensor(gaussian_fit[name]).detach().float().reshape(-1)
+            if value.numel() != self.latent_dim:
+                raise ValueError(
+                    f"gaussian fit '{name}' has {value.numel()} values, expected {self.latent_dim}"
+                )
+            self.register_buffer(name, value.clone())
+        self.eval()
+
+    def to_style(self, latent: torch.Tensor) -> torch.Tensor:
+        """``[B, L, 512] -> [B, L, 512]``: ``leaky_relu(latent * std + mean, 0.2)`` (mapping output space)."""
+        return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
+
+    def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
+        """``style [B, L, 512]``, noise ``[B, 1, r_i, r_i]`` each -> ``[B, 3, R, R]`` in about [-1, 1]."""
+        return self.synthesis(style, noise)
+
+    @classmethod
+    def synthetic(
+        cls,
+        resolution: int = 32,
+        fmap_base: int = 256,
+        fmap_max: int = 32,
+        seed: int = 0,
+        fit_samples: int = 20000,
+    ) -> StyleGANGenerator:
+        """Small StyleGAN with seeded random weights (the official init), for tests and quick experiments.
+
+        Weights follow the reference initialisation (N(0, 1) stored weights with run-time He scaling,
+        zero biases, constant input of ones) except the noise strengths: zero in the reference, which
+        would make the noise inputs inert, so here they are drawn ``|N(0, 0.1**2)|`` per channel; and
+        ``torgb``, scaled by ``SYNTHETIC_RGB_SCALE`` so images lie mostly in [-1, 1] like a trained model's.
+        The Gaussian fit comes from an equally seeded random mapping network (``fit_samples`` draws).
+        """
+        rng = torch.Generator().manual_seed(seed)
+        synthesis = Synthesis(resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max)
+        mapping = Mapping()
+        for module in (*synthesis.modules(), *mapping.modules()):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters(rng)
+            if isinstance(module, NoiseInjection):
+                with torch.no_grad():
+                    module.weight.copy_(_new_weight(*module.weight.shape, std=0.1, generator=rng).abs())
+        with torch.no_grad():
+            synthesis.torgb.weight.mul_(SYNTHETIC_RGB_SCALE)
+        fit = gaussian_fit(mapping, num_samples=fit_samples, seed=seed, progress=False)
+        return cls(synthesis, fit)
+
+    @classmethod
+    def pretrained(
+        cls,
+        cache_dir: str | Path | None = None,
+        fit_samples: int = 1_000_000,
+        resolution: int = 1024,
+        fmap_base: int = 8192,
+        fmap_max: int = 512,
+        progress: bool = True,
+    ) -> StyleGANGenerator:
+        """The official PULSE FFHQ weights from ``cache_dir`` (default ``cache_dir()/stylegan_ffhq``).
+
+        Reads ``synthesis.pt`` (required) and ``gaussian_fit.pt`` if present, otherwise ``mapping.pt``
+        and a cached :func:`gaussian_fit` over ``fit_samples`` draws (seed 0). Never downloads.
+        ``resolution``/``fmap_*`` exist so tests can round-trip small configurations.
+
+        Raises:
+            FileNotFoundError: ``synthesis.pt`` missing, or both ``gaussian_fit.pt`` and ``mapping.pt``.
+            RuntimeError: a file is not a plain state dict, or does not match the network layout.
+        """
+        folder = (
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "stylegan_ffhq"
+        )
+        synthesis_path, fit_path, mapping_path = (
+            folder / n for n in ("synthesis.pt", "gaussian_fit.pt", "mapping.pt")
+        )
+        missing = []
+        if not synthesis_path.is_file():
+            missing.append("synthesis.pt")
+        if not fit_path.is_file() and not mapping_path.is_file():
+            missing.append("mapping.pt (or gaussian_fit.pt)")
+        if missing:
+            raise FileNotFoundError(
+                f"StyleGAN weights missing in {folder}: {' and '.join(missing)}. "
+                f"To obtain them, {WEIGHTS_HINT}."
+            )
+        synthesis = Synthesis(resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max)
+        load_into(synthesis, synthesis_path)
+        if fit_path.is_file():
+            fit = load_gaussian_fit(fit_path)
+        else:
+            mapping = Mapping()
+            load_into(mapping, mapping_path)
+            fit = cached_gaussian_fit(mapping, num_samples=fit_samples, seed=0, progress=progress)
+        return cls(synthesis, fit)
