@@ -108,7 +108,8 @@ class PulseModule(pl.LightningModule):
         with tqdm(total=steps, desc="steps", leave=False, disable=not show, dynamic_ncols=True) as bar:
 
             def report(info: StepInfo) -> None:
-                bar.set_postfix(loss=f"{info.loss:.4g}", at_eps=f"{info.at_eps}/{info.samples}", refresh=False)
+                if show and (info.step % 10 == 9 or info.step == info.steps - 1):  # reading values syncs a GPU
+                    bar.set_postfix(loss=f"{info.loss:.4g}", at_eps=f"{info.at_eps}/{info.samples}", refresh=False)
                 bar.update(1)
                 if self.log_steps and self.logger is not None:
                     metrics = {"search/loss": info.loss, "search/at_eps": info.at_eps}

@@ -63,18 +63,52 @@ class SearchSettings:
         self.bad_noise_layers = tuple(int(i) for i in self.bad_noise_layers)
 
 
-@dataclass
 class StepInfo:
-    """What a progress callback sees after each step (values for the active samples)."""
+    """What a progress callback sees after a step; values are means over the still-active samples.
 
-    step: int
-    steps: int
-    loss: float
-    terms: dict[str, float]
-    downscale_error: float
-    at_eps: int
-    active: int
-    samples: int
+    The numbers live on the search's device and are copied to the host only when read, so a
+    callback that looks at them every few steps does not stall a GPU on every step.
+    """
+
+    def __init__(
+        self,
+        step: int,
+        steps: int,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        error: torch.Tensor,
+        active: torch.Tensor,
+        first_at_eps: torch.Tensor,
+    ) -> None:
+        self.step, self.steps, self.samples = step, steps, len(active)
+        self._total, self._terms, self._error = total.detach(), terms, error
+        self._active, self._first_at_eps = active.clone(), first_at_eps.clone()
+
+    def _mean(self, values: torch.Tensor) -> float:
+        weights = self._active.to(values.dtype)
+        count = weights.sum()
+        return (torch.where(self._active, values.detach(), 0).sum() / count).item() if count else math.nan
+
+    @property
+    def loss(self) -> float:
+        return self._mean(self._total)
+
+    @property
+    def terms(self) -> dict[str, float]:
+        return {name: self._mean(value) for name, value in self._terms.items()}
+
+    @property
+    def downscale_error(self) -> float:
+        return self._mean(self._error)
+
+    @property
+    def at_eps(self) -> int:
+        """Samples that have reached eps at some step so far."""
+        return int((self._first_at_eps >= 0).sum().item())
+
+    @property
+    def active(self) -> int:
+        return int(self._active.sum().item())
 
 
 @dataclass
@@ -242,14 +276,16 @@ class PulseSolver:
         best_loss = torch.full((samples,), math.inf, device=device)
         best_step = torch.full((samples,), -1, dtype=torch.long, device=device)
         first_at_eps = torch.full((samples,), -1, dtype=torch.long, device=device)
+        stopped_at = torch.full((samples,), -1, dtype=torch.long, device=device)
         best_hr = torch.zeros(samples, 3, gen.resolution, gen.resolution, device=device)
         best_terms: dict[str, torch.Tensor] = {}
         active = torch.ones(samples, dtype=torch.bool, device=device)
-        status = ["ok"] * samples
-        history: list[dict[str, float]] = []
+        mean_losses, at_eps_counts = [], []
         frames: list[torch.Tensor] = []
         start = time.perf_counter()
 
+        # No host-device synchronisation inside the loop: all bookkeeping is tensor arithmetic on the
+        # device, and only the callback (when it reads a value) and the periodic all-stopped check sync.
         for step in range(s.steps):
             optimizer.zero_grad(set_to_none=True)
             rows = latent.expand(-1, gen.num_latents, -1) if s.tile_latent else latent
@@ -263,39 +299,47 @@ class PulseSolver:
                     frames.append(_thumbnail(hr.detach(), frame_size).cpu())
                 error = (lr_gen - reference).pow(2).mean(dim=(1, 2, 3))
                 finite = torch.isfinite(total) & torch.isfinite(error)
-                for index in torch.nonzero(active & ~finite).flatten().tolist():
-                    status[index] = f"stopped: non-finite loss at step {step}"
+                stopped_at = torch.where(active & ~finite, step, stopped_at)
                 active &= finite
                 improved = active & (total < best_loss)
                 best_loss = torch.where(improved, total, best_loss)
                 best_step = torch.where(improved, step, best_step)
-                best_hr[improved] = hr[improved].detach()
+                best_hr = torch.where(improved.view(-1, 1, 1, 1), hr.detach(), best_hr)
                 for name, value in terms.items():
                     kept = best_terms.get(name, torch.full_like(value, math.nan))
                     best_terms[name] = torch.where(improved, value.detach(), kept)
                 reached = active & (error <= s.eps) & (first_at_eps < 0)
                 first_at_eps = torch.where(reached, step, first_at_eps)
+                weights = active.to(total.dtype)
+                mean_losses.append(torch.where(active, total, 0).sum() / weights.sum())
+                at_eps_counts.append((first_at_eps >= 0).sum())
 
-            if not active.any():
+            if step % 10 == 9 and not active.any():
                 break
             torch.where(active, total, torch.zeros_like(total)).sum().backward()
-            if not active.all():  # keep stopped samples' NaNs out of the optimizer state
+            with torch.no_grad():  # keep stopped samples' NaNs out of the optimizer state
                 for variable in (latent, *trainable):
                     if variable.grad is not None:
-                        variable.grad[~active] = 0
+                        keep = active.view(-1, *([1] * (variable.ndim - 1)))
+                        variable.grad.copy_(torch.where(keep, variable.grad, 0))
             optimizer.step()
             scheduler.step()
 
-            info = self._step_info(step, s.steps, total, terms, error, active, first_at_eps)
-            history.append({"step": step, "loss": info.loss, "at_eps": info.at_eps})
             if callback is not None:
-                callback(info)
+                callback(StepInfo(step, s.steps, total, terms, error, active, first_at_eps))
 
         with torch.no_grad():
             hr_out = best_hr.clamp(0, 1)
             lr_out = downscale(hr_out)
             downscale_error = (lr_out - reference).pow(2).mean(dim=(1, 2, 3))
             downscale_error = torch.where(best_step >= 0, downscale_error, torch.full_like(downscale_error, math.nan))
+        status = [f"stopped: non-finite loss at step {k}" if k >= 0 else "ok" for k in stopped_at.tolist()]
+        history = [
+            {"step": step, "loss": loss, "at_eps": int(count)}
+            for step, (loss, count) in enumerate(
+                zip(torch.stack(mean_losses).tolist(), torch.stack(at_eps_counts).tolist(), strict=True)
+            )
+        ]
         return SearchResult(
             hr=hr_out.cpu(),
             lr=lr_out.cpu(),
@@ -312,30 +356,6 @@ class PulseSolver:
             seconds=time.perf_counter() - start,
             history=history,
             frames=torch.stack(frames) if frames else None,
-        )
-
-    @staticmethod
-    def _step_info(
-        step: int,
-        steps: int,
-        total: torch.Tensor,
-        terms: dict[str, torch.Tensor],
-        error: torch.Tensor,
-        active: torch.Tensor,
-        first_at_eps: torch.Tensor,
-    ) -> StepInfo:
-        def mean(values: torch.Tensor) -> float:
-            return values.detach()[active].mean().item() if active.any() else math.nan
-
-        return StepInfo(
-            step=step,
-            steps=steps,
-            loss=mean(total),
-            terms={name: mean(value) for name, value in terms.items()},
-            downscale_error=mean(error),
-            at_eps=int((first_at_eps >= 0).sum().item()),
-            active=int(active.sum().item()),
-            samples=len(active),
         )
 
 
