@@ -130,6 +130,8 @@ class SearchResult:
         seconds: wall time of the whole batch.
         history: per step, the mean loss and number of samples at eps.
         frames: ``[T, S, 3, f, f]`` intermediate images when recorded, else ``None``.
+        latent: ``[S, L or 1, D]`` the search variable at ``best_step`` (before ``to_style``), on CPU.
+        noise: the noise maps at ``best_step``, one ``[S, *shape]`` per noise layer, on CPU.
     """
 
     hr: torch.Tensor
@@ -147,6 +149,8 @@ class SearchResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     frames: torch.Tensor | None = None
+    latent: torch.Tensor | None = None
+    noise: list[torch.Tensor] | None = None
 
 
 def sample_seed(base_seed: int, *keys: int) -> int:
@@ -166,6 +170,116 @@ def _module_device(module: object) -> torch.device:
         for tensor in (*module.parameters(), *module.buffers()):
             return tensor.device
     return torch.device("cpu")
+
+
+class BestTracker:
+    """Per-sample bookkeeping of a search, all on the device: best step, first step at eps, NaN stops.
+
+    Args:
+        samples: number of samples ``S``.
+        resolution: image side ``R``.
+        latent: ``[S, rows, D]`` the search variable (its best value is kept).
+        noise: the noise maps (best values of the trainable ones are kept).
+        eps: the downscale-error target.
+    """
+
+    def __init__(
+        self,
+        samples: int,
+        resolution: int,
+        latent: torch.Tensor,
+        noise: Sequence[torch.Tensor],
+        eps: float,
+        device: torch.device,
+    ) -> None:
+        self.eps = eps
+        self.best_loss = torch.full((samples,), math.inf, device=device)
+        self.best_step = torch.full((samples,), -1, dtype=torch.long, device=device)
+        self.first_at_eps = torch.full((samples,), -1, dtype=torch.long, device=device)
+        self.stopped_at = torch.full((samples,), -1, dtype=torch.long, device=device)
+        self.best_hr = torch.zeros(samples, 3, resolution, resolution, device=device)
+        self.best_terms: dict[str, torch.Tensor] = {}
+        self.best_latent = latent.detach().clone()
+        self.best_noise = [n.detach().clone() for n in noise]
+        self.active = torch.ones(samples, dtype=torch.bool, device=device)
+        self.mean_losses: list[torch.Tensor] = []
+        self.at_eps_counts: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def update(
+        self,
+        step: int,
+        total: torch.Tensor,
+        terms: dict[str, torch.Tensor],
+        hr: torch.Tensor,
+        lr_gen: torch.Tensor,
+        reference: torch.Tensor,
+        latent: torch.Tensor,
+        noise: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Record one evaluated step (before the optimizer moves); returns the downscale errors ``[S]``."""
+        error = (lr_gen - reference).pow(2).mean(dim=(1, 2, 3))
+        finite = torch.isfinite(total) & torch.isfinite(error)
+        self.stopped_at = torch.where(self.active & ~finite, step, self.stopped_at)
+        self.active &= finite
+        improved = self.active & (total < self.best_loss)
+        self.best_loss = torch.where(improved, total, self.best_loss)
+        self.best_step = torch.where(improved, step, self.best_step)
+        self.best_hr = torch.where(improved.view(-1, 1, 1, 1), hr.detach(), self.best_hr)
+        self.best_latent = torch.where(improved.view(-1, 1, 1), latent.detach(), self.best_latent)
+        for layer, maps in enumerate(noise):
+            if maps.requires_grad:
+                keep = improved.view(-1, *([1] * (maps.ndim - 1)))
+                self.best_noise[layer] = torch.where(keep, maps.detach(), self.best_noise[layer])
+        for name, value in terms.items():
+            kept = self.best_terms.get(name, torch.full_like(value, math.nan))
+            self.best_terms[name] = torch.where(improved, value.detach(), kept)
+        reached = self.active & (error <= self.eps) & (self.first_at_eps < 0)
+        self.first_at_eps = torch.where(reached, step, self.first_at_eps)
+        self.mean_losses.append(torch.where(self.active, total, 0).sum() / self.active.to(total.dtype).sum())
+        self.at_eps_counts.append((self.first_at_eps >= 0).sum())
+        return error
+
+    def backward(self, total: torch.Tensor, variables: Sequence[torch.Tensor]) -> None:
+        """Backpropagate the active samples' losses; stopped samples get zero gradients (not NaN)."""
+        torch.where(self.active, total, torch.zeros_like(total)).sum().backward()
+        with torch.no_grad():
+            for variable in variables:
+                if variable.grad is not None:
+                    keep = self.active.view(-1, *([1] * (variable.ndim - 1)))
+                    variable.grad.copy_(torch.where(keep, variable.grad, 0))
+
+    @torch.no_grad()
+    def result(
+        self, downscale: nn.Module, reference: torch.Tensor, frames: list[torch.Tensor], **provenance: Any
+    ) -> SearchResult:
+        """The :class:`SearchResult`, judged on the returned (clamped) images."""
+        hr_out = self.best_hr.clamp(0, 1)
+        lr_out = downscale(hr_out)
+        error = (lr_out - reference).pow(2).mean(dim=(1, 2, 3))
+        error = torch.where(self.best_step >= 0, error, torch.full_like(error, math.nan))
+        status = [f"stopped: non-finite loss at step {k}" if k >= 0 else "ok" for k in self.stopped_at.tolist()]
+        losses = torch.stack(self.mean_losses).tolist() if self.mean_losses else []
+        counts = torch.stack(self.at_eps_counts).tolist() if self.at_eps_counts else []
+        return SearchResult(
+            hr=hr_out.cpu(),
+            lr=lr_out.cpu(),
+            downscale_error=error.cpu(),
+            success=(error <= self.eps).cpu(),
+            best_step=self.best_step.cpu(),
+            first_step_at_eps=self.first_at_eps.cpu(),
+            best_loss=self.best_loss.cpu(),
+            terms={name: value.cpu() for name, value in self.best_terms.items()},
+            status=status,
+            history=[
+                {"step": i, "loss": loss, "at_eps": int(count)}
+                for i, (loss, count) in enumerate(zip(losses, counts, strict=True))
+            ],
+            frames=torch.stack(frames) if frames else None,
+            latent=self.best_latent.cpu(),
+            noise=[n.cpu() for n in self.best_noise],
+            **provenance,
+        )
 
 
 class PulseSolver:
@@ -273,14 +387,7 @@ class PulseSolver:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(s.schedule, s.steps))
         eps = getattr(self.loss, "eps", s.eps)
 
-        best_loss = torch.full((samples,), math.inf, device=device)
-        best_step = torch.full((samples,), -1, dtype=torch.long, device=device)
-        first_at_eps = torch.full((samples,), -1, dtype=torch.long, device=device)
-        stopped_at = torch.full((samples,), -1, dtype=torch.long, device=device)
-        best_hr = torch.zeros(samples, 3, gen.resolution, gen.resolution, device=device)
-        best_terms: dict[str, torch.Tensor] = {}
-        active = torch.ones(samples, dtype=torch.bool, device=device)
-        mean_losses, at_eps_counts = [], []
+        tracker = BestTracker(samples, gen.resolution, latent, noise, s.eps, device)
         frames: list[torch.Tensor] = []
         start = time.perf_counter()
 
@@ -293,69 +400,26 @@ class PulseSolver:
             hr = (gen.synthesize(style, noise) + 1.0) / 2.0
             lr_gen = downscale(hr)
             total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps))
+            if frames_every and step % frames_every == 0:
+                frames.append(_thumbnail(hr.detach(), frame_size).cpu())
+            error = tracker.update(step, total, terms, hr, lr_gen, reference, latent, noise)
 
-            with torch.no_grad():
-                if frames_every and step % frames_every == 0:
-                    frames.append(_thumbnail(hr.detach(), frame_size).cpu())
-                error = (lr_gen - reference).pow(2).mean(dim=(1, 2, 3))
-                finite = torch.isfinite(total) & torch.isfinite(error)
-                stopped_at = torch.where(active & ~finite, step, stopped_at)
-                active &= finite
-                improved = active & (total < best_loss)
-                best_loss = torch.where(improved, total, best_loss)
-                best_step = torch.where(improved, step, best_step)
-                best_hr = torch.where(improved.view(-1, 1, 1, 1), hr.detach(), best_hr)
-                for name, value in terms.items():
-                    kept = best_terms.get(name, torch.full_like(value, math.nan))
-                    best_terms[name] = torch.where(improved, value.detach(), kept)
-                reached = active & (error <= s.eps) & (first_at_eps < 0)
-                first_at_eps = torch.where(reached, step, first_at_eps)
-                weights = active.to(total.dtype)
-                mean_losses.append(torch.where(active, total, 0).sum() / weights.sum())
-                at_eps_counts.append((first_at_eps >= 0).sum())
-
-            if step % 10 == 9 and not active.any():
+            if step % 10 == 9 and not tracker.active.any():
                 break
-            torch.where(active, total, torch.zeros_like(total)).sum().backward()
-            with torch.no_grad():  # keep stopped samples' NaNs out of the optimizer state
-                for variable in (latent, *trainable):
-                    if variable.grad is not None:
-                        keep = active.view(-1, *([1] * (variable.ndim - 1)))
-                        variable.grad.copy_(torch.where(keep, variable.grad, 0))
+            tracker.backward(total, [latent, *trainable])
             optimizer.step()
             scheduler.step()
-
             if callback is not None:
-                callback(StepInfo(step, s.steps, total, terms, error, active, first_at_eps))
+                callback(StepInfo(step, s.steps, total, terms, error, tracker.active, tracker.first_at_eps))
 
-        with torch.no_grad():
-            hr_out = best_hr.clamp(0, 1)
-            lr_out = downscale(hr_out)
-            downscale_error = (lr_out - reference).pow(2).mean(dim=(1, 2, 3))
-            downscale_error = torch.where(best_step >= 0, downscale_error, torch.full_like(downscale_error, math.nan))
-        status = [f"stopped: non-finite loss at step {k}" if k >= 0 else "ok" for k in stopped_at.tolist()]
-        history = [
-            {"step": step, "loss": loss, "at_eps": int(count)}
-            for step, (loss, count) in enumerate(
-                zip(torch.stack(mean_losses).tolist(), torch.stack(at_eps_counts).tolist(), strict=True)
-            )
-        ]
-        return SearchResult(
-            hr=hr_out.cpu(),
-            lr=lr_out.cpu(),
-            downscale_error=downscale_error.cpu(),
-            success=(downscale_error <= s.eps).cpu(),
-            best_step=best_step.cpu(),
-            first_step_at_eps=first_at_eps.cpu(),
-            best_loss=best_loss.cpu(),
-            terms={name: value.cpu() for name, value in best_terms.items()},
-            status=status,
+        return tracker.result(
+            downscale,
+            reference,
             input_index=input_index,
             duplicate_index=duplicate_index,
             seeds=list(seeds),
             seconds=time.perf_counter() - start,
-            history=history,
-            frames=torch.stack(frames) if frames else None,
+            frames=frames,
         )
 
 

@@ -53,6 +53,30 @@ class Generator(Protocol):
         ...
 
 
+@runtime_checkable
+class LayeredGenerator(Generator, Protocol):
+    """A generator whose synthesis can be cut between blocks (for intermediate-layer optimisation).
+
+    ``synthesize(style, noise) == features_to_image(forward_blocks(None, style, noise, 0, num_blocks))``.
+    """
+
+    num_blocks: int
+
+    def block_rows(self, block: int) -> slice:
+        """Rows of ``style`` that block ``block`` reads."""
+        ...
+
+    def forward_blocks(
+        self, features: torch.Tensor | None, style: torch.Tensor, noise: list[torch.Tensor], start: int, stop: int
+    ) -> torch.Tensor:
+        """Run blocks ``start .. stop - 1`` on ``features`` (the output of block ``start - 1``; None at 0)."""
+        ...
+
+    def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
+        """The last block's features -> ``[B, 3, R, R]`` in about [-1, 1]."""
+        ...
+
+
 def check_generator(generator: object) -> Generator:
     """Fail early, naming what is missing, when an object does not follow :class:`Generator`."""
     missing = [

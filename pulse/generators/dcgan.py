@@ -95,3 +95,22 @@ class DCGANGenerator(nn.Module):
     def synthesize(self, style: torch.Tensor, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``[B, 1, D] -> [B, 3, R, R]`` in [-1, 1]."""
         return self.main(style.reshape(style.shape[0], self.latent_dim, 1, 1))
+
+    # Layered access (see pulse.generators.base.LayeredGenerator): block b is one transposed conv with
+    # its batch norm and ReLU; the last block is the final transposed conv, and tanh makes the image.
+    @property
+    def num_blocks(self) -> int:
+        return (len(self.main) - 1) // 3 + 1
+
+    def block_rows(self, block: int) -> slice:
+        """Only the first block reads the latent."""
+        return slice(0, 1) if block == 0 else slice(0, 0)
+
+    def forward_blocks(
+        self, features: torch.Tensor | None, style: torch.Tensor, noise: list[torch.Tensor], start: int, stop: int
+    ) -> torch.Tensor:
+        x = style.reshape(style.shape[0], self.latent_dim, 1, 1) if start == 0 else features
+        return self.main[3 * start : min(3 * stop, len(self.main) - 1)](x)
+
+    def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
+        return self.main[-1](features)

@@ -332,14 +332,29 @@ class Synthesis(nn.Module):
             noise = [None] * self.num_layers
         if len(noise) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} noise maps, got {len(noise)}")
-        x: torch.Tensor | None = None
-        for index, block in enumerate(self.blocks.values()):
+        return self.torgb(self.run_blocks(None, dlatents, noise, 0, len(self.blocks)))
+
+    def run_blocks(
+        self,
+        features: torch.Tensor | None,
+        dlatents: torch.Tensor,
+        noise: Sequence[torch.Tensor | None],
+        start: int,
+        stop: int,
+    ) -> torch.Tensor:
+        """Blocks ``start .. stop - 1`` (block ``b`` uses style/noise layers ``2b`` and ``2b + 1``).
+
+        Args:
+            features: the output of block ``start - 1``, ``[B, C, r, r]``; ``None`` when ``start == 0``.
+
+        Returns:
+            The output of block ``stop - 1``, ``[B, C', r', r']`` (features, not RGB).
+        """
+        x = features
+        for index, block in enumerate(list(self.blocks.values())[start:stop], start=start):
             layers = slice(2 * index, 2 * index + 2)
-            if x is None:
-                x = block(dlatents[:, layers], noise[layers])
-            else:
-                x = block(x, dlatents[:, layers], noise[layers])
-        return self.torgb(x)
+            x = block(dlatents[:, layers], noise[layers]) if index == 0 else block(x, dlatents[:, layers], noise[layers])
+        return x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,6 +553,23 @@ class StyleGANGenerator(nn.Module):
     def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
         """``style [B, L, 512]``, noise ``[B, 1, r_i, r_i]`` each -> ``[B, 3, R, R]`` in about [-1, 1]."""
         return self.synthesis(style, noise)
+
+    # Layered access (see pulse.generators.base.LayeredGenerator), used by intermediate-layer optimisation.
+    @property
+    def num_blocks(self) -> int:
+        return len(self.synthesis.blocks)
+
+    def block_rows(self, block: int) -> slice:
+        """The style rows block ``block`` consumes."""
+        return slice(2 * block, 2 * block + 2)
+
+    def forward_blocks(
+        self, features: torch.Tensor | None, style: torch.Tensor, noise: Sequence[torch.Tensor], start: int, stop: int
+    ) -> torch.Tensor:
+        return self.synthesis.run_blocks(features, style, noise, start, stop)
+
+    def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
+        return self.synthesis.torgb(features)
 
     @classmethod
     def synthetic(
