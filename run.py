@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pulse.generators.base import check_generator
+from pulse.ilo import ILOSettings, ILOSolver
 from pulse.outputs import RunSummary
 from pulse.runner import run_search
 from pulse.solver import PulseSolver, SearchSettings
@@ -63,7 +64,9 @@ def run(cfg: DictConfig) -> RunSummary:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
     generator = check_generator(instantiate(cfg.generator))
-    settings = SearchSettings(**cfg.solver, schedule=cfg.schedule.name, seed=cfg.seed)
+    search = OmegaConf.to_container(cfg.solver, resolve=True)
+    ilo = search.pop("ilo", None)
+    settings = SearchSettings(**search, schedule=cfg.schedule.name, seed=cfg.seed)
     solver = PulseSolver(
         generator,
         loss=instantiate(cfg.loss),
@@ -71,6 +74,8 @@ def run(cfg: DictConfig) -> RunSummary:
         downscale=instantiate(cfg.downscale),
         settings=settings,
     )
+    if ilo is not None:
+        solver = ILOSolver(solver, ILOSettings(**ilo))
     data = build_data(cfg, generator)
     problems = list(data)
     skipped = getattr(data, "skipped", {})

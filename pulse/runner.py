@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from pulse.data import Problem
+from pulse.ilo import ILOSolver
 from pulse.metrics import default_metrics
 from pulse.metrics.base import RunMetric
 from pulse.outputs import RESULT_FIELDS, ResultStore, RunSummary, name_key
@@ -87,7 +88,11 @@ class PulseModule(pl.LightningModule):
     """
 
     def __init__(
-        self, solver: PulseSolver, step_progress: bool = True, log_steps: bool = False, frames_every: int = 0
+        self,
+        solver: PulseSolver | ILOSolver,
+        step_progress: bool = True,
+        log_steps: bool = False,
+        frames_every: int = 0,
     ) -> None:
         super().__init__()
         self.solver = solver
@@ -103,7 +108,7 @@ class PulseModule(pl.LightningModule):
         return [sample_seed(settings.seed, name_key(p.name), d) for p in batch for d in range(settings.duplicates)]
 
     def predict_step(self, batch: list[Problem], batch_idx: int) -> SearchResult:
-        steps = self.solver.settings.steps
+        steps = getattr(self.solver, "total_steps", self.solver.settings.steps)
         show = self.step_progress and self.trainer.is_global_zero
         with tqdm(total=steps, desc="steps", leave=False, disable=not show, dynamic_ncols=True) as bar:
 
@@ -187,7 +192,7 @@ def log_run_end(loggers: Sequence[Logger], summary: RunSummary, rows: list[dict[
 
 
 def run_search(
-    solver: PulseSolver,
+    solver: PulseSolver | ILOSolver,
     problems: Sequence[Problem],
     out_dir: str | Path,
     batch_size: int = 8,

@@ -132,6 +132,7 @@ class SearchResult:
         frames: ``[T, S, 3, f, f]`` intermediate images when recorded, else ``None``.
         latent: ``[S, L or 1, D]`` the search variable at ``best_step`` (before ``to_style``), on CPU.
         noise: the noise maps at ``best_step``, one ``[S, *shape]`` per noise layer, on CPU.
+        stopped_step: ``[S]`` step at which a sample was stopped for a non-finite loss; -1 if never.
     """
 
     hr: torch.Tensor
@@ -151,6 +152,7 @@ class SearchResult:
     frames: torch.Tensor | None = None
     latent: torch.Tensor | None = None
     noise: list[torch.Tensor] | None = None
+    stopped_step: torch.Tensor | None = None
 
 
 def sample_seed(base_seed: int, *keys: int) -> int:
@@ -204,6 +206,20 @@ class BestTracker:
         self.active = torch.ones(samples, dtype=torch.bool, device=device)
         self.mean_losses: list[torch.Tensor] = []
         self.at_eps_counts: list[torch.Tensor] = []
+
+    def resume_from(self, result: SearchResult) -> None:
+        """Continue the bookkeeping of an earlier search (its best samples, history and stops)."""
+        device = self.best_loss.device
+        self.best_loss = result.best_loss.to(device)
+        self.best_step = result.best_step.to(device)
+        self.first_at_eps = result.first_step_at_eps.to(device)
+        self.best_hr = result.hr.to(device)
+        self.best_terms = {name: value.to(device) for name, value in result.terms.items()}
+        if result.stopped_step is not None:
+            self.stopped_at = result.stopped_step.to(device)
+            self.active = self.stopped_at < 0
+        self.mean_losses = [torch.tensor(h["loss"], device=device) for h in result.history]
+        self.at_eps_counts = [torch.tensor(h["at_eps"], device=device) for h in result.history]
 
     @torch.no_grad()
     def update(
@@ -278,6 +294,7 @@ class BestTracker:
             frames=torch.stack(frames) if frames else None,
             latent=self.best_latent.cpu(),
             noise=[n.cpu() for n in self.best_noise],
+            stopped_step=self.stopped_at.cpu(),
             **provenance,
         )
 

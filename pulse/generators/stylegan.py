@@ -38,9 +38,7 @@ INVERSE_LRELU_SLOPE = 5.0
 FUSED_UPSAMPLE_MIN_SIDE = 128
 # Random-init images have std ~1.4; this brings the synthetic generator's output to about [-1, 1].
 SYNTHETIC_RGB_SCALE = 0.35
-WEIGHTS_HINT = (
-    "run `python scripts/fetch_weights.py ffhq`, or copy the official PULSE synthesis.pt/mapping.pt there"
-)
+WEIGHTS_HINT = "run `python scripts/fetch_weights.py ffhq`, or copy the official PULSE synthesis.pt/mapping.pt there"
 
 
 def noise_shapes(num_layers: int) -> list[tuple[int, int, int]]:
@@ -75,9 +73,7 @@ class EqualizedLinear(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Reference init: weight ~ N(0, 1 / lr_multiplier**2), zero bias (effective weight is He-scaled)."""
         with torch.no_grad():
-            self.weight.copy_(
-                _new_weight(*self.weight.shape, std=1.0 / self.lr_multiplier, generator=generator)
-            )
+            self.weight.copy_(_new_weight(*self.weight.shape, std=1.0 / self.lr_multiplier, generator=generator))
             self.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,9 +252,7 @@ class UpsamplingBlock(nn.Module):
         self.conv1 = EqualizedConv2d(out_channels, out_channels, 3, gain=math.sqrt(2))
         self.epi2 = LayerEpilogue(out_channels, dlatent_size)
 
-    def forward(
-        self, x: torch.Tensor, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None]
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None]) -> torch.Tensor:
         x = self.epi1(self.conv0_up(x), dlatents[:, 0], noise[0])
         return self.epi2(self.conv1(x), dlatents[:, 1], noise[1])
 
@@ -310,9 +304,7 @@ class Synthesis(nn.Module):
     def noise_shapes(self) -> list[tuple[int, int, int]]:
         return noise_shapes(self.num_layers)
 
-    def forward(
-        self, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None
-    ) -> torch.Tensor:
+    def forward(self, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Render images.
 
         Args:
@@ -325,8 +317,7 @@ class Synthesis(nn.Module):
         """
         if dlatents.dim() != 3 or dlatents.shape[1] != self.num_layers:
             raise ValueError(
-                f"dlatents must be [batch, {self.num_layers}, {self.dlatent_size}], "
-                f"got {list(dlatents.shape)}"
+                f"dlatents must be [batch, {self.num_layers}, {self.dlatent_size}], got {list(dlatents.shape)}"
             )
         if noise is None:
             noise = [None] * self.num_layers
@@ -353,7 +344,11 @@ class Synthesis(nn.Module):
         x = features
         for index, block in enumerate(list(self.blocks.values())[start:stop], start=start):
             layers = slice(2 * index, 2 * index + 2)
-            x = block(dlatents[:, layers], noise[layers]) if index == 0 else block(x, dlatents[:, layers], noise[layers])
+            x = (
+                block(dlatents[:, layers], noise[layers])
+                if index == 0
+                else block(x, dlatents[:, layers], noise[layers])
+            )
         return x
 
 
@@ -388,9 +383,7 @@ class Mapping(nn.Module):
         self.num_dense = mapping_layers
         sizes = [latent_size] + [mapping_fmaps] * (mapping_layers - 1) + [dlatent_size]
         for index in range(mapping_layers):
-            dense = EqualizedLinear(
-                sizes[index], sizes[index + 1], gain=math.sqrt(2), lr_multiplier=lr_multiplier
-            )
+            dense = EqualizedLinear(sizes[index], sizes[index + 1], gain=math.sqrt(2), lr_multiplier=lr_multiplier)
             self.add_module(f"dense{index}", dense)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -492,9 +485,7 @@ def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:  # not a plain tensor file (pickled module, corrupt, ...)
-        raise RuntimeError(
-            f"cannot read {path} as a plain PyTorch state dict (weights_only load): {error}"
-        ) from error
+        raise RuntimeError(f"cannot read {path} as a plain PyTorch state dict (weights_only load): {error}") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RuntimeError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
     return state
@@ -540,9 +531,7 @@ class StyleGANGenerator(nn.Module):
         for name in ("mean", "std"):
             value = torch.as_tensor(gaussian_fit[name]).detach().float().reshape(-1)
             if value.numel() != self.latent_dim:
-                raise ValueError(
-                    f"gaussian fit '{name}' has {value.numel()} values, expected {self.latent_dim}"
-                )
+                raise ValueError(f"gaussian fit '{name}' has {value.numel()} values, expected {self.latent_dim}")
             self.register_buffer(name, value.clone())
         self.eval()
 
@@ -622,12 +611,8 @@ class StyleGANGenerator(nn.Module):
             FileNotFoundError: ``synthesis.pt`` missing, or both ``gaussian_fit.pt`` and ``mapping.pt``.
             RuntimeError: a file is not a plain state dict, or does not match the network layout.
         """
-        folder = (
-            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "stylegan_ffhq"
-        )
-        synthesis_path, fit_path, mapping_path = (
-            folder / n for n in ("synthesis.pt", "gaussian_fit.pt", "mapping.pt")
-        )
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "stylegan_ffhq"
+        synthesis_path, fit_path, mapping_path = (folder / n for n in ("synthesis.pt", "gaussian_fit.pt", "mapping.pt"))
         missing = []
         if not synthesis_path.is_file():
             missing.append("synthesis.pt")
@@ -635,8 +620,7 @@ class StyleGANGenerator(nn.Module):
             missing.append("mapping.pt (or gaussian_fit.pt)")
         if missing:
             raise FileNotFoundError(
-                f"StyleGAN weights missing in {folder}: {' and '.join(missing)}. "
-                f"To obtain them, {WEIGHTS_HINT}."
+                f"StyleGAN weights missing in {folder}: {' and '.join(missing)}. To obtain them, {WEIGHTS_HINT}."
             )
         synthesis = Synthesis(resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max)
         load_into(synthesis, synthesis_path)
