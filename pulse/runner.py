@@ -35,6 +35,16 @@ from pulse.solver import PulseSolver, SearchResult, StepInfo, sample_seed
 log = logging.getLogger(__name__)
 
 
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's suggestion to install another logging service; keep its other messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage().lower()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+
+
 class ProblemList(Dataset):
     """A list of :class:`Problem` as a map-style dataset."""
 

@@ -82,3 +82,14 @@ def test_diversity_is_mean_pairwise_distance_per_input():
     assert mean_pairwise(images[:2], pixel_mse) == pytest.approx(0.04)
     single = Diversity()(fake_result(images[:2], [0, 1], [0, 0]), [None, None])
     assert single.values == {} and "solver.duplicates >= 2" in single.notes["diversity_l2"]
+
+
+def test_lpips_columns_are_null_with_the_fix_when_weights_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # PULSE_CACHE is already an empty temp dir
+    truth = torch.rand(3, 64, 64)
+    result = fake_result(torch.stack([truth, truth]), [0, 0], [0, 1])
+    problems = [Problem("a", truth[:, ::4, ::4], truth)]
+    fidelity = GroundTruthFidelity("alex")(result, problems)
+    assert "lpips_hr" not in fidelity.values and "fetch_weights.py lpips" in fidelity.notes["lpips_hr"]
+    diversity = Diversity("alex")(result, problems)
+    assert "diversity_lpips" not in diversity.values and "fetch_weights.py lpips" in diversity.notes["diversity_lpips"]

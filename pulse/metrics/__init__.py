@@ -9,13 +9,19 @@ from __future__ import annotations
 from pulse.metrics.base import MetricValues, RunMetric
 from pulse.metrics.diversity import Diversity, mean_pairwise, pixel_mse
 from pulse.metrics.fidelity import GroundTruthFidelity, downscale_error, psnr, ssim
+from pulse.metrics.lpips import LPIPSMetric, LPIPSUnavailable, load_lpips, lpips_available, lpips_distance
 
 __all__ = [
     "Diversity",
     "GroundTruthFidelity",
+    "LPIPSMetric",
+    "LPIPSUnavailable",
     "MetricValues",
     "RunMetric",
     "default_metrics",
+    "load_lpips",
+    "lpips_available",
+    "lpips_distance",
     "downscale_error",
     "mean_pairwise",
     "pixel_mse",
@@ -24,6 +30,6 @@ __all__ = [
 ]
 
 
-def default_metrics() -> list[RunMetric]:
+def default_metrics(lpips_net: str | None = "alex") -> list[RunMetric]:
     """The metrics a run reports unless configured otherwise."""
-    return [GroundTruthFidelity(), Diversity()]
+    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net)]

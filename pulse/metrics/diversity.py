@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
 from pulse.data import Problem
 from pulse.metrics.base import MetricValues
+from pulse.metrics.lpips import lpips_available, lpips_distance
 from pulse.solver import SearchResult
 
 PairDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -25,25 +27,29 @@ def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Diversity:
-    """``diversity_l2`` (and ``diversity_lpips`` when given an LPIPS distance) among each input's duplicates.
+    """``diversity_l2`` and ``diversity_lpips`` among each input's duplicates (mean over pairs).
 
     Every sample of an input carries its input's value. With one duplicate there is nothing to
     compare, and the note says how to get the metric.
 
     Args:
-        lpips: optional ``(a, b) -> [P]`` perceptual distance; None leaves ``diversity_lpips`` out.
-        lpips_note: the reason written when ``lpips`` is None but was wanted.
+        lpips_net: ``alex`` or ``vgg`` for ``diversity_lpips``; ``None`` leaves it out. Without the
+            backbone weights the column is null and the note says how to fetch them.
     """
 
-    def __init__(self, lpips: PairDistance | None = None, lpips_note: str | None = None) -> None:
-        self.lpips = lpips
-        self.lpips_note = lpips_note
+    def __init__(self, lpips_net: str | None = "alex") -> None:
+        self.lpips_net = lpips_net
 
     def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues:
-        columns = {"diversity_l2": pixel_mse}
-        if self.lpips is not None:
-            columns["diversity_lpips"] = self.lpips
-        notes = {"diversity_lpips": self.lpips_note} if self.lpips is None and self.lpips_note else {}
+        columns: dict[str, PairDistance] = {"diversity_l2": pixel_mse}
+        notes: dict[str, str] = {}
+        if self.lpips_net is not None:
+            if lpips_available(self.lpips_net):
+                columns["diversity_lpips"] = partial(lpips_distance, net=self.lpips_net)
+            else:
+                notes["diversity_lpips"] = (
+                    f"{self.lpips_net} backbone weights missing; run `python scripts/fetch_weights.py lpips`"
+                )
         if int(result.duplicate_index.max()) < 1:
             reason = "needs several searches per input (solver.duplicates >= 2)"
             return MetricValues(notes={**{name: reason for name in columns}, **notes})
@@ -51,5 +57,6 @@ class Diversity:
         for index in result.input_index.unique().tolist():
             members = result.input_index == index
             for name, distance in columns.items():
-                values[name][members] = mean_pairwise(result.hr[members], distance)
+                with torch.no_grad():
+                    values[name][members] = mean_pairwise(result.hr[members], distance)
         return MetricValues(values=values, notes=notes)

@@ -9,6 +9,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from pulse.data import Problem
 from pulse.metrics.base import MetricValues, ground_truth, nan_where
+from pulse.metrics.lpips import LPIPSUnavailable, lpips_distance
 from pulse.solver import SearchResult
 
 
@@ -31,16 +32,32 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class GroundTruthFidelity:
-    """``psnr_hr`` and ``ssim_hr`` of each sample against its input's ground truth, when known."""
+    """``psnr_hr``, ``ssim_hr`` and ``lpips_hr`` of each sample against its input's ground truth, when known.
+
+    Args:
+        lpips_net: ``alex`` or ``vgg`` for ``lpips_hr``; ``None`` leaves it out. Without the backbone
+            weights the column is null and the note says how to fetch them.
+    """
+
+    def __init__(self, lpips_net: str | None = "alex") -> None:
+        self.lpips_net = lpips_net
 
     def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues:
         hr, known = ground_truth(result, problems)
+        names = ["psnr_hr", "ssim_hr"] + (["lpips_hr"] if self.lpips_net else [])
         if not known.any():
             reason = "no ground truth for these inputs (data=folder without data.factor)"
-            return MetricValues(notes={"psnr_hr": reason, "ssim_hr": reason})
-        return MetricValues(
+            return MetricValues(notes=dict.fromkeys(names, reason))
+        out = MetricValues(
             values={
                 "psnr_hr": nan_where(psnr(result.hr, hr), known),
                 "ssim_hr": nan_where(ssim(result.hr, hr), known),
             }
         )
+        if self.lpips_net:
+            try:
+                with torch.no_grad():
+                    out.values["lpips_hr"] = nan_where(lpips_distance(result.hr, hr, self.lpips_net), known)
+            except (LPIPSUnavailable, ValueError) as error:
+                out.notes["lpips_hr"] = str(error).removeprefix("LPIPS unavailable: ")
+        return out
