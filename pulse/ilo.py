@@ -125,6 +125,7 @@ class ILOSolver:
         downscale = self.base.downscale(factor).to(device)
         reference = lr_images.to(device=device, dtype=torch.float32)[first.input_index.to(device)]
         eps = getattr(self.loss, "eps", self.settings.eps)
+        groups = first.input_index.to(device)
 
         latent = first.latent.to(device)
         if latent.shape[1] == 1 and generator.num_latents > 1:  # tiled search: untie the rows now
@@ -156,7 +157,7 @@ class ILOSolver:
                 deep = generator.forward_blocks(features + delta, style, noise, block, generator.num_blocks)
                 hr = (generator.features_to_image(deep) + 1.0) / 2.0
                 lr_gen = downscale(hr)
-                total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps))
+                total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps, groups))
                 error = tracker.update(step, total, terms, hr, lr_gen, reference, rows, noise)
                 tracker.backward(total, [delta] + ([later_rows] if later_rows is not None else []))
                 for optimizer in optimizers:

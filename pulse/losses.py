@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -60,6 +61,8 @@ class LossInputs:
         style: ``[B, L, D]`` style vectors fed to the generator.
         hr_gen: ``[B, 3, H, W]`` generated images in [0, 1].
         eps: the downscale-error target.
+        groups: ``[B]`` which input each sample searches for (duplicates share a value); ``None``
+            when every sample has its own input.
     """
 
     lr_gen: torch.Tensor
@@ -67,6 +70,36 @@ class LossInputs:
     style: torch.Tensor
     hr_gen: torch.Tensor
     eps: float
+    groups: torch.Tensor | None = None
+
+
+def lpips_lr(lr_gen: torch.Tensor, lr_ref: torch.Tensor, net: str = "alex", size: int = 64) -> torch.Tensor:
+    """LPIPS between the downscaled output and the input, ``[B]``.
+
+    Both are nearest-upsampled to ``size`` px first (the same operator on both, so a perfect match
+    still gives 0): LPIPS backbones need at least ~32 px and LR inputs are often 8-16 px.
+    """
+    from pulse.metrics.lpips import lpips_distance
+
+    if lr_gen.shape[-1] < size:
+        lr_gen = F.interpolate(lr_gen, size=(size, size), mode="nearest")
+        lr_ref = F.interpolate(lr_ref, size=(size, size), mode="nearest")
+    return lpips_distance(lr_gen, lr_ref, net)
+
+
+def duplicate_diversity(hr_gen: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Minus the mean squared distance of each sample to the other samples of its input, ``[B]``.
+
+    Minimising it pushes the duplicates of one input apart (an identity-agnostic diversity term);
+    samples alone in their group get 0.
+    """
+    if groups is None:
+        return hr_gen.new_zeros(hr_gen.shape[0])
+    flat = hr_gen.flatten(1)
+    distances = torch.cdist(flat, flat).pow(2) / flat.shape[1]  # [B, B] mean squared pixel distance
+    same = (groups[:, None] == groups[None, :]) & ~torch.eye(len(groups), dtype=torch.bool, device=groups.device)
+    count = same.sum(1).clamp(min=1)
+    return -(distances * same).sum(1) / count
 
 
 LossTerm = Callable[[LossInputs], torch.Tensor]
@@ -75,7 +108,18 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "l2": lambda x: l2(x.lr_gen, x.lr_ref, x.eps),
     "l1": lambda x: l1(x.lr_gen, x.lr_ref, x.eps),
     "geocross": lambda x: geocross(x.style),
+    "lpips_lr": lambda x: lpips_lr(x.lr_gen, x.lr_ref),
+    "diversity": lambda x: duplicate_diversity(x.hr_gen, x.groups),
 }
+
+# Terms that need weights from disk: checked when a loss is built, so a run fails before it starts.
+_PREREQUISITES: dict[str, Callable[[], None]] = {"lpips_lr": lambda: _require_lpips("alex")}
+
+
+def _require_lpips(net: str) -> None:
+    from pulse.metrics.lpips import load_lpips
+
+    load_lpips(net)  # raises LPIPSUnavailable with the fetch command
 
 
 def register_loss_term(name: str, term: LossTerm) -> None:
@@ -110,6 +154,9 @@ class PulseLoss(nn.Module):
             raise ValueError(f"unknown loss term(s) {unknown}; valid terms: {sorted(LOSS_TERMS)}")
         self.weights = {name.lower(): _term_weight(name, spec) for name, spec in terms.items()}
         self.eps = float(eps)
+        for name in self.weights:
+            if name in _PREREQUISITES:
+                _PREREQUISITES[name]()
 
     @classmethod
     def from_string(cls, spec: str, eps: float = 2e-3) -> PulseLoss:

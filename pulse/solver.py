@@ -398,6 +398,7 @@ class PulseSolver:
         if len(seeds) != samples:
             raise ValueError(f"got {len(seeds)} seeds for {samples} samples")
         reference = lr_images.to(device=device, dtype=torch.float32)[input_index.to(device)]
+        groups = input_index.to(device)
 
         latent, noise, trainable = self._initial_variables(seeds, device)
         optimizer = self.optimizer(params=[latent, *trainable])
@@ -416,7 +417,7 @@ class PulseSolver:
             style = gen.to_style(rows)
             hr = (gen.synthesize(style, noise) + 1.0) / 2.0
             lr_gen = downscale(hr)
-            total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps))
+            total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps, groups))
             if frames_every and step % frames_every == 0:
                 frames.append(_thumbnail(hr.detach(), frame_size).cpu())
             error = tracker.update(step, total, terms, hr, lr_gen, reference, latent, noise)

@@ -87,3 +87,22 @@ def test_unknown_term_lists_valid_ones():
         PulseLoss({"perceptual": 1.0})
     with pytest.raises(ValueError, match="unknown option"):
         PulseLoss({"l2": {"weight": 1, "wieght": 2}})
+
+
+def test_duplicate_diversity_is_minus_mean_distance_within_each_input():
+    from pulse.losses import duplicate_diversity
+
+    images = torch.stack([torch.full((3, 2, 2), v) for v in (0.0, 0.5, 1.0, 0.3)])
+    groups = torch.tensor([0, 0, 0, 1])
+    got = duplicate_diversity(images, groups)
+    expected = torch.tensor([-(0.25 + 1.0) / 2, -(0.25 + 0.25) / 2, -(1.0 + 0.25) / 2, 0.0])
+    torch.testing.assert_close(got, expected)
+    assert duplicate_diversity(images, None).abs().sum() == 0
+
+
+def test_lpips_term_needs_its_weights_before_the_run_starts(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # PULSE_CACHE already points to an empty folder
+    from pulse.metrics.lpips import LPIPSUnavailable
+
+    with pytest.raises(LPIPSUnavailable, match="fetch_weights.py lpips"):
+        PulseLoss({"l2": 100, "lpips_lr": 1})
