@@ -83,7 +83,10 @@ def test_official_loss_string():
 
 
 def test_unknown_term_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown loss term.*'perceptual'.*valid terms: \['geocross', 'l1', 'l2'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown loss term.*'perceptual'.*valid terms: \['diversity', 'geocross', 'l1', 'l2', 'lpips_lr'\]",
+    ):
         PulseLoss({"perceptual": 1.0})
     with pytest.raises(ValueError, match="unknown option"):
         PulseLoss({"l2": {"weight": 1, "wieght": 2}})
