@@ -7,11 +7,13 @@ Tests call :func:`run` on configs made with Hydra's compose API.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -33,6 +35,25 @@ def choice_tags(cfg: DictConfig) -> list[str]:
         choices = HydraConfig.get().runtime.choices
         tags += [f"{group}={choices[group]}" for group in TAGGED_GROUPS if choices.get(group)]
     return tags
+
+
+def check_multirun_strategy(trainer: dict[str, Any], multirun: bool, environ: dict[str, str]) -> None:
+    """Refuse Lightning DDP inside a Hydra multirun job unless the launcher started one process per device.
+
+    Lightning's ``ddp`` strategy starts its extra processes by re-running ``sys.argv``: inside ``-m`` that would
+    re-run the whole sweep from every job. Under Slurm with one task per GPU (``submitit_slurm`` with
+    ``tasks_per_node`` = GPUs) the processes already exist and Lightning joins them instead.
+    """
+    strategy = str(trainer.get("strategy") or "auto")
+    if not multirun or not strategy.startswith("ddp") or strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
+        return
+    if int(environ.get("SLURM_NTASKS", "1")) > 1:
+        return
+    raise ValueError(
+        f"trainer.strategy={strategy} inside a multirun would make Lightning re-run the whole sweep from each job; "
+        "use one device per job (trainer=gpu with hydra/launcher=joblib or submitit_slurm), or run the DDP job "
+        "without -m, or launch it with submitit_slurm and tasks_per_node equal to the GPUs per node"
+    )
 
 
 def build_data(cfg: DictConfig, generator: Any) -> Any:
@@ -63,6 +84,10 @@ def run(cfg: DictConfig) -> RunSummary:
         cfg.tags = choice_tags(cfg)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    check_multirun_strategy(trainer, multirun, dict(os.environ))
+
     generator = check_generator(instantiate(cfg.generator))
     search = OmegaConf.to_container(cfg.solver, resolve=True)
     ilo = search.pop("ilo", None)
@@ -90,7 +115,7 @@ def run(cfg: DictConfig) -> RunSummary:
             problems,
             out_dir,
             batch_size=cfg.batch_size,
-            trainer=OmegaConf.to_container(cfg.trainer, resolve=True),
+            trainer=trainer,
             loggers=loggers,
             hparams=OmegaConf.to_container(cfg, resolve=True),
             progress=cfg.progress,

@@ -445,3 +445,14 @@ def test_committed_ablation_table_is_the_generated_one():
     body = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| :")]
     assert body[0].startswith("| loss | optimizer | runs | n | success |")
     assert len(body) == 1 + 12 and all(" | 1 | 8 | " in line for line in body[1:])
+
+
+def test_ddp_inside_a_multirun_is_refused_unless_slurm_gave_one_task_per_device():
+    from run import check_multirun_strategy
+
+    ddp = {"accelerator": "gpu", "devices": -1, "strategy": "ddp"}
+    with pytest.raises(ValueError, match="re-run the whole sweep"):
+        check_multirun_strategy(ddp, multirun=True, environ={})
+    check_multirun_strategy(ddp, multirun=False, environ={})  # a single DDP run is fine
+    check_multirun_strategy(ddp, multirun=True, environ={"SLURM_NTASKS": "4"})
+    check_multirun_strategy({"strategy": "auto"}, multirun=True, environ={})
