@@ -38,7 +38,11 @@ INVERSE_LRELU_SLOPE = 5.0
 FUSED_UPSAMPLE_MIN_SIDE = 128
 # Random-init images have std ~1.4; this brings the synthetic generator's output to about [-1, 1].
 SYNTHETIC_RGB_SCALE = 0.35
-WEIGHTS_HINT = "run `python scripts/fetch_weights.py ffhq`, or copy the official PULSE synthesis.pt/mapping.pt there"
+WEIGHTS_HINT = (
+    "run `python scripts/fetch_weights.py ffhq --trust-unverified` (or --sha256 NAME=HEX), or convert NVIDIA's pickle "
+    "with `python scripts/fetch_weights.py convert karras2019stylegan-ffhq-1024x1024.pkl`, "
+    "or copy the official PULSE synthesis.pt/mapping.pt there"
+)
 
 
 def noise_shapes(num_layers: int) -> list[tuple[int, int, int]]:
