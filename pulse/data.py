@@ -7,15 +7,17 @@ and, when known, the high-resolution ground truth ``[3, H, W]``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch import nn
 
-from pulse.downscale import BicubicDownscale, integer_factor
+from pulse.degradations import degrade, operator_factory
+from pulse.downscale import integer_factor
 from pulse.generators.base import Generator, sample_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -110,20 +112,32 @@ class ImageFolder:
     Args:
         path: folder of images.
         resolution: the generator's output size ``H``.
-        factor: if given, the files are ground-truth images of size ``H`` that are downscaled by this
-            factor with the paper's bicubic to make the inputs; otherwise the files are the inputs,
-            and their size must divide ``H``.
+        factor: if given, the files are ground-truth images of size ``H`` that are degraded by this
+            factor (``degradation``) to make the inputs; otherwise the files are the inputs, and their
+            size must divide ``H``.
         strict: raise on the first unusable file instead of skipping it with a warning.
+        degradation: how inputs are made from ground truth when ``factor`` is given: a factory
+            ``factor -> nn.Module``, an operator name of :func:`pulse.degradations.make_operator`,
+            or ``None`` for the paper's bicubic.
     """
 
-    def __init__(self, path: str | Path, resolution: int, factor: int | None = None, strict: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        resolution: int,
+        factor: int | None = None,
+        strict: bool = False,
+        degradation: str | Callable[[int], nn.Module] | None = None,
+    ) -> None:
         self.files = image_files(path)
         self.resolution = resolution
         self.factor = factor
         self.strict = strict
         self.skipped: dict[str, str] = {}
+        self.operator: nn.Module | None = None
         if factor is not None:
             integer_factor(resolution, resolution // factor if factor > 0 else 0)
+            self.operator = operator_factory(degradation)(factor)
 
     def _problem(self, path: Path) -> Problem:
         image = load_image(path)
@@ -140,7 +154,7 @@ class ImageFolder:
             raise ImageError(
                 f"{path}: ground-truth images must be {self.resolution}x{self.resolution}, got {width}x{height}"
             )
-        lr = BicubicDownscale(self.factor)(image[None])[0].clamp(0, 1)
+        lr = degrade(self.operator, image[None])[0].clamp(0, 1)
         return Problem(path.stem, lr, image)
 
     def __iter__(self) -> Iterator[Problem]:
@@ -160,7 +174,8 @@ class ImageFolder:
 class GeneratedFaces:
     """A realisable benchmark: faces sampled from the generator, downscaled by the paper's bicubic.
 
-    Ground truth exists, and a perfect search can reach zero downscale error.
+    Ground truth exists, and a perfect search can reach zero downscale error (when it searches with
+    the operator that made the inputs, and the inputs are neither quantised nor noisy).
 
     Args:
         generator: the :class:`pulse.generators.base.Generator` to sample from.
@@ -168,6 +183,9 @@ class GeneratedFaces:
         factors: downscaling factors; each face appears once per factor.
         seed: seed of the sampled faces (independent of the search seed).
         quantize: round the inputs to 8 bits, as if read from PNG files.
+        degradation: the operator that makes the inputs: a factory ``factor -> nn.Module``, an
+            operator name of :func:`pulse.degradations.make_operator`, or ``None`` for the paper's
+            bicubic. It may differ from the solver's ``downscale`` (model mismatch experiments).
     """
 
     def __init__(
@@ -177,19 +195,23 @@ class GeneratedFaces:
         factors: Sequence[int] = (4, 8),
         seed: int = 1234,
         quantize: bool = True,
+        degradation: str | Callable[[int], nn.Module] | None = None,
     ) -> None:
         self.generator = generator
         self.num = num
         self.factors = [int(f) for f in factors]
         self.seed = seed
         self.quantize = quantize
+        self.degradation = operator_factory(degradation)
         for factor in self.factors:
             integer_factor(generator.resolution, generator.resolution // factor if factor > 0 else 0)
+        # Built once, here, so a bad option (factor 1 only, missing kernel file) fails before sampling.
+        self.operators = {factor: self.degradation(factor) for factor in self.factors}
 
     def __iter__(self) -> Iterator[Problem]:
         faces = sample_images(self.generator, self.num, seed=self.seed)
         for factor in self.factors:
-            lr = BicubicDownscale(factor)(faces).clamp(0, 1)
+            lr = degrade(self.operators[factor], faces).clamp(0, 1)
             if self.quantize:
                 lr = (lr * 255).round() / 255
             for index in range(self.num):
