@@ -517,7 +517,28 @@ def load_gaussian_fit(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
-class StyleGANGenerator(nn.Module):
+class GaussianisedLatent(nn.Module):
+    """PULSE's search space for style-based generators: Gaussian latents mapped to styles by the fitted statistics.
+
+    Holds the fit's ``mean``/``std`` buffers ``[latent_dim]`` and provides ``to_style``; the StyleGAN and
+    StyleGAN2 generators build on it.
+    """
+
+    def __init__(self, latent_dim: int, gaussian_fit: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        for name in ("mean", "std"):
+            value = torch.as_tensor(gaussian_fit[name]).detach().float().reshape(-1)
+            if value.numel() != latent_dim:
+                raise ValueError(f"gaussian fit '{name}' has {value.numel()} values, expected {latent_dim}")
+            self.register_buffer(name, value.clone())
+
+    def to_style(self, latent: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D] -> [B, L, D]``: ``leaky_relu(latent * std + mean, 0.2)`` (the mapping's output space)."""
+        return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
+
+
+class StyleGANGenerator(GaussianisedLatent):
     """Frozen StyleGAN synthesis + Gaussian fit, following :class:`pulse.generators.base.Generator`.
 
     Args:
@@ -526,22 +547,12 @@ class StyleGANGenerator(nn.Module):
     """
 
     def __init__(self, synthesis: Synthesis, gaussian_fit: dict[str, torch.Tensor]) -> None:
-        super().__init__()
+        super().__init__(synthesis.dlatent_size, gaussian_fit)
         self.synthesis = freeze(synthesis)
         self.resolution = synthesis.resolution
         self.num_latents = synthesis.num_layers
-        self.latent_dim = synthesis.dlatent_size
         self.noise_shapes: list[tuple[int, ...]] = list(noise_shapes(self.num_latents))
-        for name in ("mean", "std"):
-            value = torch.as_tensor(gaussian_fit[name]).detach().float().reshape(-1)
-            if value.numel() != self.latent_dim:
-                raise ValueError(f"gaussian fit '{name}' has {value.numel()} values, expected {self.latent_dim}")
-            self.register_buffer(name, value.clone())
         self.eval()
-
-    def to_style(self, latent: torch.Tensor) -> torch.Tensor:
-        """``[B, L, 512] -> [B, L, 512]``: ``leaky_relu(latent * std + mean, 0.2)`` (mapping output space)."""
-        return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
 
     def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
         """``style [B, L, 512]``, noise ``[B, 1, r_i, r_i]`` each -> ``[B, 3, R, R]`` in about [-1, 1]."""

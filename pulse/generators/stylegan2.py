@@ -43,7 +43,7 @@ from torch import nn
 
 from pulse.cache import cache_dir as default_cache_dir
 from pulse.generators.base import freeze
-from pulse.generators.stylegan import cached_gaussian_fit, gaussian_fit, pixel_norm
+from pulse.generators.stylegan import GaussianisedLatent, cached_gaussian_fit, gaussian_fit, pixel_norm
 from pulse.safe_pickle import NUMPY_ALLOWED, restricted_load, stub_class
 
 LRELU_SLOPE = 0.2
@@ -653,7 +653,7 @@ def _load_state(network: StyleGAN2Network, state: dict[str, torch.Tensor], sourc
         raise RuntimeError(f"{source} does not match the StyleGAN2 layout: {error}") from error
 
 
-class StyleGAN2Generator(nn.Module):
+class StyleGAN2Generator(GaussianisedLatent):
     """Frozen StyleGAN2 + Gaussian fit, following :class:`pulse.generators.base.LayeredGenerator`.
 
     Args:
@@ -662,22 +662,12 @@ class StyleGAN2Generator(nn.Module):
     """
 
     def __init__(self, network: StyleGAN2Network, gaussian_fit: dict[str, torch.Tensor]) -> None:
-        super().__init__()
+        super().__init__(network.style_dim, gaussian_fit)
         self.network = freeze(network)
         self.resolution = network.resolution
         self.num_latents = network.num_layers
-        self.latent_dim = network.style_dim
         self.noise_shapes: list[tuple[int, ...]] = list(noise_shapes(self.resolution))
-        for name in ("mean", "std"):
-            value = torch.as_tensor(gaussian_fit[name]).detach().float().reshape(-1)
-            if value.numel() != self.latent_dim:
-                raise ValueError(f"gaussian fit '{name}' has {value.numel()} values, expected {self.latent_dim}")
-            self.register_buffer(name, value.clone())
         self.eval()
-
-    def to_style(self, latent: torch.Tensor) -> torch.Tensor:
-        """``[B, L, D] -> [B, L, D]``: ``leaky_relu(latent * std + mean, 0.2)`` (the mapping's output space)."""
-        return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
 
     def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
         """``style`` ``[B, L, D]``, noise ``[B, 1, r_i, r_i]`` each -> ``[B, 3, R, R]`` in about [-1, 1]."""
