@@ -104,12 +104,23 @@ def duplicate_diversity(hr_gen: torch.Tensor, groups: torch.Tensor | None) -> to
 
 LossTerm = Callable[[LossInputs], torch.Tensor]
 
+def niqe_hr(hr_gen: torch.Tensor) -> torch.Tensor:
+    """Differentiable NIQE (gray, no 8-bit rounding) of the generated images ``[B, 3, H, W]`` -> ``[B]``.
+
+    Needs outputs of at least 192 px (two 96-px blocks per side); see :func:`pulse.metrics.niqe.niqe_loss`.
+    """
+    from pulse.metrics.niqe import niqe_loss  # lazy: pulse.metrics imports the solver, which imports this module
+
+    return niqe_loss(hr_gen)
+
+
 LOSS_TERMS: dict[str, LossTerm] = {
     "l2": lambda x: l2(x.lr_gen, x.lr_ref, x.eps),
     "l1": lambda x: l1(x.lr_gen, x.lr_ref, x.eps),
     "geocross": lambda x: geocross(x.style),
     "lpips_lr": lambda x: lpips_lr(x.lr_gen, x.lr_ref),
     "diversity": lambda x: duplicate_diversity(x.hr_gen, x.groups),
+    "niqe": lambda x: niqe_hr(x.hr_gen),
 }
 
 # Terms that need weights from disk: checked when a loss is built, so a run fails before it starts.

@@ -85,7 +85,8 @@ def test_official_loss_string():
 def test_unknown_term_lists_valid_ones():
     with pytest.raises(
         ValueError,
-        match=r"unknown loss term.*'perceptual'.*valid terms: \['diversity', 'geocross', 'l1', 'l2', 'lpips_lr'\]",
+        match=r"unknown loss term.*'perceptual'.*valid terms: "
+        r"\['diversity', 'geocross', 'l1', 'l2', 'lpips_lr', 'niqe'\]",
     ):
         PulseLoss({"perceptual": 1.0})
     with pytest.raises(ValueError, match="unknown option"):

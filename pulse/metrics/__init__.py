@@ -10,6 +10,7 @@ from pulse.metrics.base import MetricValues, RunMetric
 from pulse.metrics.diversity import Diversity, mean_pairwise, pixel_mse
 from pulse.metrics.fidelity import GroundTruthFidelity, downscale_error, psnr, ssim
 from pulse.metrics.lpips import LPIPSMetric, LPIPSUnavailable, load_lpips, lpips_available, lpips_distance
+from pulse.metrics.niqe import NIQEMetric, NIQEScore, niqe, niqe_scores
 
 __all__ = [
     "Diversity",
@@ -17,6 +18,8 @@ __all__ = [
     "LPIPSMetric",
     "LPIPSUnavailable",
     "MetricValues",
+    "NIQEMetric",
+    "NIQEScore",
     "RunMetric",
     "default_metrics",
     "load_lpips",
@@ -24,6 +27,8 @@ __all__ = [
     "lpips_distance",
     "downscale_error",
     "mean_pairwise",
+    "niqe",
+    "niqe_scores",
     "pixel_mse",
     "psnr",
     "ssim",
@@ -32,4 +37,4 @@ __all__ = [
 
 def default_metrics(lpips_net: str | None = "alex") -> list[RunMetric]:
     """The metrics a run reports unless configured otherwise."""
-    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net)]
+    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net), NIQEMetric()]
