@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if not outputs:
         parser.error(f"{args.run_dir / 'results.csv'} lists no outputs")
     resolution = load_image(args.run_dir / next(iter(outputs.values()))).shape[-1]  # the generator's output size
-    data = ImageFolder(cfg.data.path, resolution=resolution, factor=int(factor), degradation=cfg.data.get("degradation"))
+    data = ImageFolder(
+        cfg.data.path, resolution=resolution, factor=int(factor), degradation=cfg.data.get("degradation")
+    )
     scores: dict[str, list[float]] = {name: [] for name in PAPER}
     for index, problem in enumerate(data):
         if args.limit is not None and index >= args.limit:
