@@ -50,9 +50,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = data
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        # Counted before writing: the client can finish reading (and the test assert) before write() returns.
+        self.server.bytes_sent += len(body)
         self.end_headers()
         self.wfile.write(body)
-        self.server.bytes_sent += len(body)
 
     def log_message(self, *args: object) -> None:
         pass  # keep pytest output clean
