@@ -42,6 +42,10 @@ class SearchSettings:
         tile_latent: search one latent vector shared by all style layers.
         schedule: learning-rate schedule name (see :func:`pulse.optim.schedule`).
         seed: base seed; each sample's start is drawn from its own seed derived from it.
+        early_stop_patience: 0 (default) searches every sample for all ``steps``. ``k > 0`` freezes a
+            sample once it has reached eps and its loss has not dropped by more than ``early_stop_rtol``
+            (relative) for ``k`` steps; the batch stops when every sample is frozen or stopped.
+        early_stop_rtol: relative loss decrease that counts as progress for ``early_stop_patience``.
     """
 
     steps: int = 100
@@ -53,6 +57,8 @@ class SearchSettings:
     tile_latent: bool = False
     schedule: str = "linear1cycledrop"
     seed: int = 0
+    early_stop_patience: int = 0
+    early_stop_rtol: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.noise_type not in NOISE_TYPES:
@@ -61,6 +67,11 @@ class SearchSettings:
             raise ValueError(f"steps and duplicates must be >= 1, got {self.steps} and {self.duplicates}")
         schedule(self.schedule, self.steps)  # fail now, naming the valid schedules
         self.bad_noise_layers = tuple(int(i) for i in self.bad_noise_layers)
+        if self.early_stop_patience < 0 or self.early_stop_rtol < 0:
+            raise ValueError(
+                f"early_stop_patience and early_stop_rtol must be >= 0 (0 patience: off), "
+                f"got {self.early_stop_patience} and {self.early_stop_rtol}"
+            )
 
 
 class StepInfo:
@@ -299,6 +310,40 @@ class BestTracker:
         )
 
 
+class PlateauStop:
+    """Per-sample early stop, on the device: freezes samples that reached eps and stopped improving.
+
+    A sample's reference loss is reset whenever its loss drops below ``(1 - rtol)`` times the
+    reference; after ``patience`` steps without such a drop, and once it has reached eps, it is frozen
+    for good: :meth:`hold` undoes the optimizer's move on its rows (zeroing its gradient would not be
+    enough, Adam's momentum would keep moving it). Frozen samples are still evaluated (the batch keeps
+    its shape, so no host sync is needed), and their loss stays constant.
+    """
+
+    def __init__(self, samples: int, patience: int, rtol: float, device: torch.device) -> None:
+        self.patience, self.rtol = patience, rtol
+        self.reference = torch.full((samples,), math.inf, device=device)
+        self.since = torch.zeros(samples, dtype=torch.long, device=device)
+        self.frozen = torch.zeros(samples, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def update(self, total: torch.Tensor, at_eps: torch.Tensor) -> None:
+        """``total``: ``[S]`` this step's losses; ``at_eps``: ``[S]`` whether each sample has reached eps."""
+        # The first finite loss always counts as progress (inf - rtol * inf would be NaN).
+        threshold = self.reference - self.rtol * self.reference.abs()
+        progress = (total < threshold) | (torch.isinf(self.reference) & torch.isfinite(total))
+        self.reference = torch.where(progress, total, self.reference)
+        self.since = torch.where(progress, 0, self.since + 1)
+        self.frozen |= at_eps & (self.since >= self.patience)
+
+    @torch.no_grad()
+    def hold(self, before: Sequence[torch.Tensor], variables: Sequence[torch.Tensor]) -> None:
+        """Put the frozen samples' rows of ``variables`` (``[S, ...]`` each) back to ``before``."""
+        for old, variable in zip(before, variables, strict=True):
+            keep = self.frozen.view(-1, *([1] * (variable.ndim - 1)))
+            variable.copy_(torch.where(keep, old, variable))
+
+
 class PulseSolver:
     """Batched PULSE search.
 
@@ -406,6 +451,9 @@ class PulseSolver:
         eps = getattr(self.loss, "eps", s.eps)
 
         tracker = BestTracker(samples, gen.resolution, latent, noise, s.eps, device)
+        plateau = (
+            PlateauStop(samples, s.early_stop_patience, s.early_stop_rtol, device) if s.early_stop_patience else None
+        )
         frames: list[torch.Tensor] = []
         start = time.perf_counter()
 
@@ -422,10 +470,16 @@ class PulseSolver:
                 frames.append(_thumbnail(hr.detach(), frame_size).cpu())
             error = tracker.update(step, total, terms, hr, lr_gen, reference, latent, noise)
 
-            if step % 10 == 9 and not tracker.active.any():
+            if plateau is not None:
+                plateau.update(total.detach(), tracker.first_at_eps >= 0)
+            running = tracker.active if plateau is None else tracker.active & ~plateau.frozen
+            if step % 10 == 9 and not running.any():
                 break
             tracker.backward(total, [latent, *trainable])
+            before = [v.detach().clone() for v in (latent, *trainable)] if plateau is not None else []
             optimizer.step()
+            if plateau is not None:
+                plateau.hold(before, [latent, *trainable])
             scheduler.step()
             if callback is not None:
                 callback(StepInfo(step, s.steps, total, terms, error, tracker.active, tracker.first_at_eps))

@@ -1,0 +1,253 @@
+"""Speed of the PULSE search step: the faithful eager generator against the fast path.
+
+One measurement times real :meth:`pulse.solver.PulseSolver.solve` steps (forward synthesis,
+downscale, loss, backward, spherical Adam step and the per-sample bookkeeping): the solver's
+callback stamps the clock after every step, the first ``warmup`` steps are discarded, and on CUDA the
+device is synchronised before each stamp. Both paths search the same inputs from the same seeds, so
+their best images are also compared (``max_abs_diff_hr``), as is one forward pass of the generators
+on identical inputs (``max_abs_diff_image``, raw generator output).
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA (reset per measurement). On the CPU it is
+the process's peak resident set size (``getrusage``), which cannot be reset: it is a high-water mark
+over everything measured so far in the process (the fast path is measured first at each batch size).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pulse.generators.base import Generator
+from pulse.solver import PulseSolver, SearchSettings, StepInfo
+
+HR_DIFFERENCE_NOTE = (
+    "max|dHR| compares the two searches' best images; spherical Adam's first steps are about lr * sign(grad), "
+    "so rounding-level gradient differences grow over steps: the generator output difference measures the function"
+)
+PEAK_MEMORY_NOTES = {
+    "cuda": "torch.cuda.max_memory_allocated, reset before each measurement",
+    "cpu": "process peak RSS (getrusage ru_maxrss): a high-water mark since the process started (models included); "
+    "the fast path runs first at each batch size, so only its first figure excludes the eager path",
+}
+
+
+@dataclass
+class Timing:
+    """One path at one batch size. ``peak_memory_mb`` follows :data:`PEAK_MEMORY_NOTES`."""
+
+    s_per_step: float
+    steps_per_s: float
+    images_per_min: float
+    peak_memory_mb: float
+    timed_steps: int
+
+
+@dataclass
+class BatchResult:
+    """Eager and fast timings at one batch size; ``fast`` is ``None`` with ``fast_unavailable`` saying why.
+
+    ``speedup`` is fast steps/s divided by eager steps/s (> 1: the fast path is faster).
+    """
+
+    batch: int
+    eager: Timing
+    fast: Timing | None
+    speedup: float | None
+    max_abs_diff_hr: float | None
+    fast_unavailable: str | None = None
+
+
+@dataclass
+class BenchmarkReport:
+    generator: str
+    resolution: int
+    lr_side: int
+    device: str
+    dtype: str
+    warmup: int
+    steps: int
+    options: dict[str, Any]
+    environment: dict[str, Any]
+    peak_memory_note: str
+    max_abs_diff_image: float | None
+    results: list[BatchResult] = field(default_factory=list)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """See :data:`PEAK_MEMORY_NOTES`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def time_search(
+    generator: Generator,
+    lr_images: torch.Tensor,
+    warmup: int,
+    steps: int,
+    seed: int = 0,
+) -> tuple[Timing, torch.Tensor]:
+    """Seconds per solver step over ``steps`` steps after ``warmup`` untimed ones.
+
+    Args:
+        generator: the generator searched (on its device).
+        lr_images: ``[B, 3, h, w]`` targets in [0, 1]; ``B`` is the batch measured.
+
+    Returns:
+        The timing and the search's best images ``[B, 3, R, R]`` (on the CPU).
+    """
+    if warmup < 1 or steps < 1:
+        raise ValueError(f"need warmup >= 1 and steps >= 1, got {warmup} and {steps}")
+    device = next(iter((*generator.parameters(), *generator.buffers()))).device  # type: ignore[attr-defined]
+    # No noise layer is zeroed: the default (layer 17) would not exist in small generators.
+    settings = SearchSettings(steps=warmup + steps, bad_noise_layers=(), seed=seed)
+    stamps: list[float] = []
+
+    def stamp(info: StepInfo) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stamps.append(time.perf_counter())
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    result = PulseSolver(generator, settings=settings).solve(lr_images.to(device), callback=stamp)
+    # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it.
+    elapsed = stamps[-1] - stamps[warmup - 1]
+    per_step = elapsed / steps
+    batch = lr_images.shape[0]
+    timing = Timing(
+        s_per_step=per_step,
+        steps_per_s=1.0 / per_step,
+        images_per_min=60.0 * batch / per_step,
+        peak_memory_mb=peak_memory_mb(device),
+        timed_steps=steps,
+    )
+    return timing, result.hr
+
+
+@torch.no_grad()
+def image_difference(eager: Generator, fast: Generator, batch: int = 1, seed: int = 0) -> float:
+    """Max abs difference of the two generators' raw outputs on one random latent and noise draw."""
+    device = next(iter((*eager.parameters(), *eager.buffers()))).device  # type: ignore[attr-defined]
+    rng = torch.Generator().manual_seed(seed)
+    latent = torch.randn(batch, eager.num_latents, eager.latent_dim, generator=rng)
+    latent = latent / latent.norm(dim=-1, keepdim=True) * math.sqrt(eager.latent_dim)
+    noise = [torch.randn(batch, *shape, generator=rng).to(device) for shape in eager.noise_shapes]
+    latent = latent.to(device)
+    a = eager.synthesize(eager.to_style(latent), noise)
+    b = fast.synthesize(fast.to_style(latent), noise)
+    return (a - b).abs().max().item()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the numbers depend on: versions, threads, the machine's load when measured."""
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_benchmark(
+    eager: Generator,
+    make_fast: Callable[[Generator], Generator] | None,
+    batches: Sequence[int],
+    lr_side: int,
+    warmup: int,
+    steps: int,
+    generator_name: str,
+    fast_unavailable: str | None = None,
+    options: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> BenchmarkReport:
+    """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
+
+    Args:
+        eager: the faithful generator, already on the device.
+        make_fast: builds the fast path from ``eager``; ``None`` when there is none (then
+            ``fast_unavailable`` says why and the fast fields are ``None``).
+        lr_side: side of the random low-resolution targets (must divide the resolution).
+    """
+    device = next(iter((*eager.parameters(), *eager.buffers()))).device  # type: ignore[attr-defined]
+    fast = make_fast(eager) if make_fast is not None else None
+    report = BenchmarkReport(
+        generator=generator_name,
+        resolution=eager.resolution,
+        lr_side=lr_side,
+        device=str(device),
+        dtype="float32",
+        warmup=warmup,
+        steps=steps,
+        options=dict(options or {}),
+        environment=environment(device),
+        peak_memory_note=PEAK_MEMORY_NOTES[device.type if device.type in PEAK_MEMORY_NOTES else "cpu"],
+        max_abs_diff_image=image_difference(eager, fast) if fast is not None else None,
+    )
+    for batch in batches:
+        targets = torch.rand(batch, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batch))
+        fast_timing = fast_hr = None
+        if fast is not None:  # first: on the CPU only the first measurement's peak memory is its own
+            log(f"batch {batch}: fast ...")
+            fast_timing, fast_hr = time_search(fast, targets, warmup, steps)
+        log(f"batch {batch}: eager ...")
+        eager_timing, eager_hr = time_search(eager, targets, warmup, steps)
+        report.results.append(
+            BatchResult(
+                batch=batch,
+                eager=eager_timing,
+                fast=fast_timing,
+                speedup=fast_timing.steps_per_s / eager_timing.steps_per_s if fast_timing else None,
+                max_abs_diff_hr=(fast_hr - eager_hr).abs().max().item() if fast_hr is not None else None,
+                fast_unavailable=None if fast is not None else fast_unavailable,
+            )
+        )
+    return report
+
+
+def format_report(report: BenchmarkReport) -> str:
+    """A plain-text table of :class:`BenchmarkReport`; missing values print as ``null`` with the reason."""
+
+    def num(value: float | None, spec: str) -> str:
+        return "null" if value is None else format(value, spec)
+
+    env = report.environment
+    lines = [
+        f"{report.generator} {report.resolution}px (targets {report.lr_side}px), {report.device}, {report.dtype}, "
+        f"{report.warmup} warm-up + {report.steps} timed steps, torch {env['torch']}, {env['cpu_threads']} threads, "
+        f"load average {env['load_average']}",
+        f"options: {report.options}",
+        f"max |fast - eager| of one generator output: {num(report.max_abs_diff_image, '.3g')}",
+        f"{'batch':>5} {'path':>5} {'s/step':>9} {'steps/s':>9} {'img/min':>9} {'peak MiB':>9}  fast/eager  max|dHR|",
+    ]
+    for row in report.results:
+        for name, timing in (("eager", row.eager), ("fast", row.fast)):
+            if timing is None:
+                lines.append(f"{row.batch:>5} {name:>5} {'null':>9} {'null':>9} {'null':>9} {'null':>9}")
+                continue
+            tail = f"  {num(row.speedup, '.2f'):>10}  {num(row.max_abs_diff_hr, '.3g')}" if name == "fast" else ""
+            lines.append(
+                f"{row.batch:>5} {name:>5} {timing.s_per_step:>9.3f} {timing.steps_per_s:>9.3f} "
+                f"{timing.images_per_min:>9.2f} {timing.peak_memory_mb:>9.0f}{tail}"
+            )
+        if row.fast_unavailable:
+            lines.append(f"      fast path unavailable: {row.fast_unavailable}")
+    lines.append(f"peak memory: {report.peak_memory_note}")
+    if any(row.max_abs_diff_hr is not None for row in report.results):
+        lines.append(HR_DIFFERENCE_NOTE)
+    return "\n".join(lines)

@@ -1,0 +1,644 @@
+"""An inference-optimised copy of a frozen :class:`~pulse.generators.stylegan.StyleGANGenerator`.
+
+The PULSE search runs a forward and a backward pass through the frozen synthesis network at every
+step, differentiating only with respect to the styles and noise maps. The faithful port
+(:mod:`pulse.generators.stylegan`) mirrors the official module tree, which costs, per layer and step,
+a weight rescale, a separate blur pass and about ten full-size elementwise passes (forward and
+backward) for noise, leaky ReLU, instance norm and style modulation; at 1024 px those passes, and the
+memory they allocate, cost about as much as the convolutions. :class:`FastStyleGANGenerator`
+computes the same function (fp32 results within float rounding of the faithful port) with:
+
+- **Pre-scaled weights as buffers**: the equalised-learning-rate scales are applied once (the same
+  float32 product the reference forms at every call), and nothing in the network is an
+  ``nn.Parameter`` (no autograd bookkeeping for weights).
+- **One fused layer function** (:class:`_StyledConv`): convolution, noise, leaky ReLU, instance norm
+  and style modulation with a hand-written backward. Instance norm and style collapse into one
+  per-channel affine map ``a * (y - mean) + shift`` (centred in cache-sized row chunks: folding the
+  mean into the offset would lose digits when ``|mean| >> std``); the noise add and the activation run
+  in place in the convolution's output; the backward needs two channel reductions and one full-size
+  pass instead of autograd's chain of temporaries, and returns the style gradients from the same
+  reductions.
+- **toRGB folded into the last layer**: the 1x1 toRGB convolution is linear per pixel, so it absorbs
+  the last layer's affine map and the normalised 16-channel image is never materialised.
+- ``channels_last`` memory (default on CPU), with the kernels stored in that layout too so oneDNN
+  does not reorder them on every call, and optional ``torch.compile`` with a logged fallback.
+- Optional **polyphase upsampling** (off by default, see :data:`POLYPHASE_MIN_SIDE`): "x2 upsample,
+  3x3 conv, 3x3 blur" as one 3x3 convolution on the low-resolution input producing the four output
+  phases, then a pixel shuffle, with the blur folded into the phase kernels (read off the reference
+  operator's impulse response in float64) and the one-pixel border, where the reference blur sees
+  zero padding, recomputed exactly from two-pixel strips. Exact, but measured slower on CPU.
+
+Measured with ``scripts/benchmark.py`` (shared 2-core CPU, 1024 px, random weights, batch 1): 1.9 s
+per solver step against 3.5 s for the faithful port (1.8x) at load average 1.8, and 4x at load 1.7-3.5
+where the faithful port slowed to 7 s (it allocates many full-size temporaries). Outputs are 4e-4
+apart, which is the faithful fp32 port's own distance from a float64 evaluation (3e-4); the fast
+path's distance is the same.
+
+The class follows :class:`pulse.generators.base.Generator` (``resolution``, ``num_latents``,
+``latent_dim``, ``noise_shapes``, ``to_style``, ``synthesize``), so :class:`pulse.solver.PulseSolver`
+uses it unchanged. It does not offer the layered (intermediate-layer) interface.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pulse.generators.stylegan import (
+    FUSED_UPSAMPLE_MIN_SIDE,
+    LRELU_SLOPE,
+    ConstantInputBlock,
+    LayerEpilogue,
+    StyleGANGenerator,
+    UpsamplingBlock,
+    fused_upsample_conv,
+)
+
+log = logging.getLogger(__name__)
+
+INSTANCE_NORM_EPS = 1e-5  # F.instance_norm's default, as in the faithful port
+# Upsampling layers with a smaller output side run as the reference does (nearest or fused transposed
+# conv, then blur). Default: all of them. Measured on a 2-core CPU at 1024 px, the polyphase form was
+# slower overall: from 128 px on it needs 4 x 9 taps per input pixel where the transposed conv needs
+# 16, and below that its exact-border strips cost as much as the tiny layer. Lower it to experiment.
+POLYPHASE_MIN_SIDE = 2**30
+_BLUR_TAPS = (1.0, 2.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Polyphase upsampling: kernels and exact borders
+# --------------------------------------------------------------------------------------------------
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """The reference [1, 2, 1] blur (zero padding), ``[B, C, H, W]`` kept, in ``x``'s dtype."""
+    taps = torch.tensor(_BLUR_TAPS, dtype=x.dtype, device=x.device)
+    kernel = (taps[:, None] * taps[None, :]) / 16.0
+    channels = x.shape[1]
+    return F.conv2d(x, kernel[None, None].expand(channels, 1, 3, 3), padding=1, groups=channels)
+
+
+def reference_upsample(x: torch.Tensor, weight: torch.Tensor, fused: bool) -> torch.Tensor:
+    """The faithful port's upsampling layer without bias: x2 upsample, 3x3 conv, blur.
+
+    ``x``: ``[B, in, H, W]``; ``weight``: effective kernel ``[out, in, 3, 3]``; returns ``[B, out, 2H, 2W]``.
+    ``fused`` picks the transposed-convolution variant (the official network's choice from 128 px on)
+    regardless of the input size, so that thin border strips follow their layer's variant.
+    """
+    if fused:
+        y = fused_upsample_conv(x, weight)
+    else:
+        y = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, padding=1)
+    return _blur(y)
+
+
+def phase_basis(fused: bool) -> torch.Tensor:
+    """Impulse responses of :func:`reference_upsample` for each 3x3 weight tap, ``[9, 4, 3, 3]`` float64.
+
+    Entry ``[t, 2a + b, 1 + di, 1 + dj]`` is the response at output pixel ``(2i + a, 2j + b)`` to a unit
+    input at ``(i + di, j + dj)`` when the kernel is the unit tap ``t``. Every output pixel depends on a
+    3x3 input neighbourhood (two taps of the upsampled conv widened by one by the blur), so each of the
+    four phases is a 3x3 convolution of the low-resolution input. A 5x5 probe with its impulse in the
+    middle keeps every read-off away from the zero padding.
+    """
+    basis = torch.zeros(9, 4, 3, 3, dtype=torch.float64)
+    probe = torch.zeros(1, 1, 5, 5, dtype=torch.float64)
+    probe[0, 0, 2, 2] = 1.0
+    for tap in range(9):
+        weight = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+        weight.view(-1)[tap] = 1.0
+        response = reference_upsample(probe, weight, fused)[0, 0]  # [10, 10]
+        for a in range(2):
+            for b in range(2):
+                for di in (-1, 0, 1):
+                    for dj in (-1, 0, 1):
+                        basis[tap, 2 * a + b, 1 + di, 1 + dj] = response[2 * (2 - di) + a, 2 * (2 - dj) + b]
+    return basis
+
+
+def phase_kernels(weight: torch.Tensor, fused: bool) -> torch.Tensor:
+    """The polyphase form of an upsampling layer: ``[out, in, 3, 3] -> [4 * out, in, 3, 3]`` (float64).
+
+    ``pixel_shuffle(conv2d(x, phase_kernels(w), padding=1), 2)`` equals ``reference_upsample(x, w)``
+    except on the one-pixel border (see :func:`border_correction`). Output channel ``4 * o + 2a + b``
+    is phase ``(a, b)`` of channel ``o``, the order :func:`torch.nn.functional.pixel_shuffle` expects.
+    """
+    out_channels, in_channels = weight.shape[:2]
+    basis = phase_basis(fused).to(weight.device)
+    kernels = torch.einsum("oit,tpxy->opixy", weight.double().reshape(out_channels, in_channels, 9), basis)
+    return kernels.reshape(4 * out_channels, in_channels, 3, 3)
+
+
+def _polyphase(x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, in, H, W] -> [B, out, 2H, 2W]``: phase convolution then pixel shuffle."""
+    return F.pixel_shuffle(F.conv2d(x, kernels, bias, padding=1), 2)
+
+
+def border_correction(
+    x: torch.Tensor, kernels: torch.Tensor, weight: torch.Tensor, fused: bool
+) -> list[tuple[tuple[slice, slice], torch.Tensor]]:
+    """What to add to the polyphase result's border to make it equal the reference layer.
+
+    The reference blurs the cropped upsampled image with zero padding, whereas the folded kernels see
+    the (non-zero) upsampled values one pixel beyond the crop; only the outermost output rows and
+    columns differ. Each of them depends on the two outermost input rows (columns) alone, so it is
+    recomputed from a two-pixel strip with both operators; corners are taken from the row strips.
+
+    Args:
+        x: ``[B, in, H, W]`` with ``H, W >= 2``.
+        kernels: :func:`phase_kernels` output in ``x``'s dtype; ``weight``: the effective 3x3 kernel.
+
+    Returns:
+        ``[((row_index, col_index), delta), ...]`` with ``delta`` of shape ``[B, out, n]`` for a line of
+        ``n`` pixels of the ``[B, out, 2H, 2W]`` output.
+    """
+    whole, inner = slice(None), slice(1, -1)
+
+    def delta(strip: torch.Tensor) -> torch.Tensor:
+        return reference_upsample(strip, weight, fused) - _polyphase(strip, kernels)
+
+    return [
+        ((0, whole), delta(x[:, :, :2, :])[:, :, 0, :]),
+        ((-1, whole), delta(x[:, :, -2:, :])[:, :, -1, :]),
+        ((inner, 0), delta(x[:, :, :, :2])[:, :, 1:-1, 0]),
+        ((inner, -1), delta(x[:, :, :, -2:])[:, :, 1:-1, -1]),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The fused layer: convolution -> noise -> leaky ReLU -> instance norm -> style (-> toRGB)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LayerSpec:
+    """Static description of one synthesis layer for :class:`_StyledConv`.
+
+    Attributes:
+        kind: ``"const"`` (the 4x4 constant, no convolution), ``"conv"`` (3x3), ``"up"`` (polyphase x2) or
+            ``"up_ref"`` (the input is already the reference upsampling's output, see :data:`POLYPHASE_MIN_SIDE`).
+        fused: for ``"up"``/``"up_ref"``, whether the reference uses the transposed-convolution variant.
+    """
+
+    kind: str
+    fused: bool = False
+
+
+_CHUNK_ELEMENTS = 2**20  # ~4 MiB float32 temporaries: below glibc's mmap threshold, so reused, not page-faulted
+
+
+def _row_chunks(t: torch.Tensor) -> list[slice]:
+    """Slices of dim 2 (rows) holding about ``_CHUNK_ELEMENTS`` elements each."""
+    per_row = max(1, t.numel() // t.shape[2])
+    rows = max(1, _CHUNK_ELEMENTS // per_row)
+    return [slice(start, start + rows) for start in range(0, t.shape[2], rows)]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W] -> [B, C, H * W]`` as a view for NCHW or channels-last memory (strided in the latter)."""
+    batch, channels, height, width = t.shape
+    if _memory_format(t) == torch.channels_last:
+        return t.permute(0, 2, 3, 1).reshape(batch, height * width, channels).transpose(1, 2)
+    return t.reshape(batch, channels, height * width)
+
+
+def _gram(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``[B, O, H, W] x [B, C, H, W] -> [B, O, C]``: ``sum_p u[b, o, p] * v[b, c, p]`` as one batched GEMM."""
+    return torch.matmul(_flat(u), _flat(v).transpose(1, 2))
+
+
+def _channel_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``sum_{h, w} u * v`` per sample and channel, ``[B, C, H, W] x2 -> [B, C]``, without a full temporary.
+
+    ``einsum`` lowers this to a batched dot product on contiguous (NCHW) tensors. On channels-last
+    memory it would copy both inputs, so there the ``C x C`` Gram matrix over pixels is formed with one
+    GEMM and its diagonal taken (cheap while ``C`` is small, i.e. exactly at high resolution); large-``C``
+    layers are small images, where a product temporary costs little.
+    """
+    if u.is_contiguous() and v.is_contiguous():
+        return torch.einsum("bchw,bchw->bc", u, v)
+    if u.shape[1] <= 64 and _memory_format(u) == torch.channels_last and _memory_format(v) == torch.channels_last:
+        return _gram(u, v).diagonal(dim1=1, dim2=2)
+    return (u * v).sum(dim=(2, 3))
+
+
+def _channel_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``[B, C, H, W]``, each ``[B, C]``.
+
+    Two passes like ``F.instance_norm`` (``E[y^2] - E[y]^2`` in float32 loses about five digits when
+    ``|mean| >> std``); the centred copy is made a few rows at a time so no full-size temporary exists.
+    """
+    mean = y.mean(dim=(2, 3))
+    var = torch.zeros_like(mean)
+    for rows in _row_chunks(y):
+        centred = y[:, :, rows] - _per_channel(mean)
+        var += _channel_dot(centred, centred)
+    return mean, var / (y.shape[2] * y.shape[3])
+
+
+def _centred_dot(g: torch.Tensor, y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``sum_p g * (y - mean)`` per sample and channel, ``[B, C]`` (chunked like :func:`_channel_stats`)."""
+    total = torch.zeros_like(mean)
+    for rows in _row_chunks(y):
+        total += _channel_dot(g[:, :, rows], y[:, :, rows] - _per_channel(mean))
+    return total
+
+
+def _centred_gram(g: torch.Tensor, y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``sum_p g[b, o, p] * (y[b, c, p] - mean[b, c])``, ``[B, O, C]`` (chunked)."""
+    total = g.new_zeros(g.shape[0], g.shape[1], y.shape[1])
+    for rows in _row_chunks(y):
+        total += _gram(g[:, :, rows], y[:, :, rows] - _per_channel(mean))
+    return total
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    """``[B, C] -> [B, C, 1, 1]`` for broadcasting over pixels."""
+    return t[:, :, None, None]
+
+
+class _StyledConv(torch.autograd.Function):
+    """One synthesis layer with a hand-written backward (only inputs, noise and styles get gradients).
+
+    Forward, with ``z = conv(x) + bias`` (or the constant), ``N = H * W``::
+
+        y = leaky_relu(z + noise_weight * noise, 0.2)              # in place in z
+        mean, var = per-channel statistics of y                     # [B, C]
+        a = (1 + scale) * rsqrt(var + 1e-5);  c = shift - mean * a  # instance norm + style as one affine
+        out = y * a + c                                             # or toRGB(out) = (W a) y + (W c + b)
+
+    Backward (``g`` the output gradient; ``xhat = (y - mean) * rstd``)::
+
+        d scale = sum(g * xhat) = rstd * (sum(g * y) - mean * sum(g)),   d shift = sum(g)
+        d y = a * g - a * mean(g) - a * rstd^2 * (y - mean) * (mean(g * y) - mean * mean(g))
+        d z = d y * (1 if y > 0 else 0.2),  d noise = sum_c noise_weight_c * d z_c,  d x = conv^T(d z)
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor | None,
+        noise: torch.Tensor,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        noise_weight: torch.Tensor,
+        ref_weight: torch.Tensor | None,
+        rgb_weight: torch.Tensor | None,
+        rgb_bias: torch.Tensor | None,
+        spec: _LayerSpec,
+    ) -> torch.Tensor:
+        if spec.kind == "const":
+            z = weight.expand(scale.shape[0], -1, -1, -1).clone()  # the constant input (+ its bias)
+        elif spec.kind == "conv":
+            z = F.conv2d(x, weight, bias, padding=1)
+        elif spec.kind == "up_ref":
+            z = None  # x is already the upsampling's output (autograd differentiates that part)
+        else:
+            z = _polyphase(x, weight, bias)
+            for index, delta in border_correction(x, weight, ref_weight, spec.fused):
+                z[(slice(None), slice(None), *index)] += delta
+        if z is None:
+            y = torch.addcmul(x, noise, noise_weight.view(1, -1, 1, 1))
+            x = None  # not needed by the backward
+        else:
+            y = z.addcmul_(noise, noise_weight.view(1, -1, 1, 1))
+        F.leaky_relu_(y, LRELU_SLOPE)
+        mean, var = _channel_stats(y)
+        rstd = torch.rsqrt(var + INSTANCE_NORM_EPS)
+        a = (scale + 1.0) * rstd
+        # out = a * (y - mean) + shift, centred chunk by chunk: folding the mean into the offset
+        # (a * y + (shift - a * mean)) cancels catastrophically when |mean| >> std, as happens in
+        # early layers, and costs digits the reference (which centres first) keeps.
+        if rgb_weight is not None:
+            matrix, offset = rgb_weight[None] * a[:, None, :], shift @ rgb_weight.t() + rgb_bias
+            out = torch.cat(
+                [_pixelwise_linear(matrix, offset, y[:, :, rows] - _per_channel(mean)) for rows in _row_chunks(y)],
+                dim=2,
+            )
+        else:
+            out = torch.empty_like(y)
+            for rows in _row_chunks(y):
+                torch.addcmul(
+                    _per_channel(shift), y[:, :, rows] - _per_channel(mean), _per_channel(a), out=out[:, :, rows]
+                )
+        ctx.save_for_backward(x, y, mean, rstd, a, noise, noise_weight, weight, ref_weight, rgb_weight)
+        ctx.spec = spec
+        ctx.noise_shape = noise.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, y, mean, rstd, a, noise, noise_weight, weight, ref_weight, rgb_weight = ctx.saved_tensors
+        spec: _LayerSpec = ctx.spec
+        pixels = y.shape[2] * y.shape[3]
+        if rgb_weight is not None:
+            # g_out = W^T g_rgb is never formed: its channel sums and centred dot products with y come
+            # from [B, 3] and [B, 3, C] reductions of the 3-channel gradient.
+            sum_g = grad.sum(dim=(2, 3)) @ rgb_weight  # [B, C]
+            dot_c = (_centred_gram(grad, y, mean) * rgb_weight[None]).sum(dim=1)  # sum g_out * (y - mean)
+        else:
+            sum_g = grad.sum(dim=(2, 3))
+            dot_c = _centred_dot(grad, y, mean)
+        grad_scale = rstd * dot_c  # sum(g * xhat)
+        grad_shift = sum_g
+        k = a * rstd.square() * dot_c / pixels
+        offset = -a * sum_g / pixels
+        if rgb_weight is not None:
+            grad_y = _pixelwise_linear((rgb_weight[None] * a[:, None, :]).transpose(1, 2), offset, grad, like=y)
+        else:
+            grad_y = torch.addcmul(_per_channel(offset), grad, _per_channel(a))
+        # - k * (y - mean), centred per chunk for the same cancellation reason as in the forward.
+        for rows in _row_chunks(y):
+            grad_y[:, :, rows].addcmul_(y[:, :, rows] - _per_channel(mean), _per_channel(-k))
+        grad_z = torch.ops.aten.leaky_relu_backward.grad_input(grad_y, y, LRELU_SLOPE, True, grad_input=grad_y)
+
+        grad_noise = None
+        if ctx.needs_input_grad[1]:
+            grad_noise = torch.einsum("bchw,c->bhw", grad_z, noise_weight).unsqueeze(1)
+            if ctx.noise_shape[0] == 1 and grad_noise.shape[0] != 1:
+                grad_noise = grad_noise.sum(dim=0, keepdim=True)
+        grad_x = None
+        if spec.kind != "const" and ctx.needs_input_grad[0]:
+            if spec.kind == "conv":
+                grad_x = _conv_input_grad(grad_z, x, weight)
+            elif spec.kind == "up_ref":
+                grad_x = grad_z
+            else:
+                grad_x = _conv_input_grad(F.pixel_unshuffle(grad_z, 2), x, weight)
+                _border_correction_backward(grad_x, grad_z, x, weight, ref_weight, spec.fused)
+        return grad_x, grad_noise, grad_scale, grad_shift, None, None, None, None, None, None, None
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _pixelwise_linear(
+    matrix: torch.Tensor, offset: torch.Tensor, x: torch.Tensor, like: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``out[b, o, p] = sum_c matrix[b, o, c] * x[b, c, p] + offset[b, o]`` as one GEMM (a 1x1 convolution).
+
+    ``matrix``: ``[B, O, C]``; ``offset``: ``[B, O]``; ``x``: ``[B, C, H, W]`` in either layout. The
+    result ``[B, O, H, W]`` takes the layout of ``like`` (default: NCHW), written directly by the GEMM.
+    """
+    batch, _, height, width = x.shape
+    if like is not None and _memory_format(like) == torch.channels_last:
+        out = torch.baddbmm(offset[:, None, :], _flat(x).transpose(1, 2), matrix.transpose(1, 2))  # [B, HW, O]
+        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+    return torch.baddbmm(offset[:, :, None], matrix, _flat(x)).view(batch, -1, height, width)
+
+
+def _conv_input_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``conv2d(x, weight, padding=1)`` w.r.t. ``x`` only (weights are frozen)."""
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
+    )[0]
+
+
+def _border_correction_backward(
+    grad_x: torch.Tensor,
+    grad_z: torch.Tensor,
+    x: torch.Tensor,
+    kernels: torch.Tensor,
+    weight: torch.Tensor,
+    fused: bool,
+) -> None:
+    """Adds the border correction's vector-Jacobian product to ``grad_x`` (in place, two-pixel strips)."""
+    strips = {
+        "top": (slice(None), slice(None), slice(0, 2), slice(None)),
+        "bottom": (slice(None), slice(None), slice(-2, None), slice(None)),
+        "left": (slice(None), slice(None), slice(None), slice(0, 2)),
+        "right": (slice(None), slice(None), slice(None), slice(-2, None)),
+    }
+    with torch.enable_grad():
+        leaves = {name: x[index].detach().requires_grad_(True) for name, index in strips.items()}
+
+        def delta(strip: torch.Tensor) -> torch.Tensor:
+            return reference_upsample(strip, weight, fused) - _polyphase(strip, kernels)
+
+        terms = [
+            (delta(leaves["top"])[:, :, 0, :] * grad_z[:, :, 0, :]).sum(),
+            (delta(leaves["bottom"])[:, :, -1, :] * grad_z[:, :, -1, :]).sum(),
+            (delta(leaves["left"])[:, :, 1:-1, 0] * grad_z[:, :, 1:-1, 0]).sum(),
+            (delta(leaves["right"])[:, :, 1:-1, -1] * grad_z[:, :, 1:-1, -1]).sum(),
+        ]
+        grads = torch.autograd.grad(sum(terms), list(leaves.values()))
+    for index, value in zip(strips.values(), grads, strict=True):
+        grad_x[index] += value
+
+
+# --------------------------------------------------------------------------------------------------
+# The generator
+# --------------------------------------------------------------------------------------------------
+
+
+class _FastLayer(nn.Module):
+    """Pre-scaled, frozen tensors of one synthesis layer (all buffers) and its :class:`_LayerSpec`.
+
+    Buffers: ``weight`` (``[out, in, 3, 3]``, ``[4 * out, in, 3, 3]`` phase kernels for ``"up"``, or the
+    ``[1, C, 4, 4]`` constant plus bias for ``"const"``), ``bias`` (``[out]`` / ``[4 * out]`` / unused),
+    ``ref_weight`` (``"up"`` only: the effective 3x3 kernel, for the exact borders), ``noise_weight``
+    ``[C]``, ``style_weight`` ``[2C, 512]`` and ``style_bias`` ``[2C]``.
+    """
+
+    def __init__(self, spec: _LayerSpec, epilogue: LayerEpilogue, **tensors: torch.Tensor | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.channels = epilogue.noise.weight.numel()
+        lin = epilogue.style_mod.lin
+        with torch.no_grad():
+            tensors["noise_weight"] = epilogue.noise.weight
+            tensors["style_weight"] = lin.weight * lin.weight_gain
+            tensors["style_bias"] = lin.bias * lin.lr_multiplier
+            for name, value in tensors.items():
+                self.register_buffer(name, None if value is None else value.detach().clone())
+
+    def styles(self, dlatent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 512] -> (scale, shift)``, each ``[B, C]`` (the reference's ``StyleModulation`` affine)."""
+        style = F.linear(dlatent, self.style_weight, self.style_bias)
+        return style[:, : self.channels], style[:, self.channels :]
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        dlatent: torch.Tensor,
+        noise: torch.Tensor,
+        rgb_weight: torch.Tensor | None = None,
+        rgb_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        scale, shift = self.styles(dlatent)
+        if self.spec.kind == "up_ref":
+            # Bias after the blur, as in the reference; the convolutions' backward is autograd's.
+            x = reference_upsample(x, self.weight, self.spec.fused) + self.bias.view(1, -1, 1, 1)
+        return _StyledConv.apply(
+            x,
+            noise,
+            scale,
+            shift,
+            self.weight,
+            self.bias,
+            self.noise_weight,
+            self.ref_weight,
+            rgb_weight,
+            rgb_bias,
+            self.spec,
+        )
+
+
+def _layers_from(synthesis: nn.Module) -> list[_FastLayer]:
+    """The reference synthesis network's layers, in order, as :class:`_FastLayer` (weights pre-scaled)."""
+    layers: list[_FastLayer] = []
+    with torch.no_grad():
+        for name, block in synthesis.blocks.items():
+            if isinstance(block, ConstantInputBlock):
+                constant = block.const + block.bias.view(1, -1, 1, 1)  # exactly the reference's first op
+                layers.append(_FastLayer(_LayerSpec("const"), block.epi1, weight=constant, bias=None, ref_weight=None))
+                conv = block.conv
+                layers.append(
+                    _FastLayer(
+                        _LayerSpec("conv"), block.epi2, weight=conv.scaled_weight(), bias=conv.bias, ref_weight=None
+                    )
+                )
+            elif isinstance(block, UpsamplingBlock):
+                side = int(name.split("x")[0])
+                fused = side >= FUSED_UPSAMPLE_MIN_SIDE
+                up = block.conv0_up
+                effective = up.scaled_weight()
+                if side < POLYPHASE_MIN_SIDE:
+                    spec = _LayerSpec("up_ref", fused=fused)
+                    layers.append(_FastLayer(spec, block.epi1, weight=effective, bias=up.bias, ref_weight=None))
+                else:
+                    layers.append(
+                        _FastLayer(
+                            _LayerSpec("up", fused=fused),
+                            block.epi1,
+                            weight=phase_kernels(effective, fused).to(effective.dtype),
+                            bias=up.bias.repeat_interleave(4),  # the same bias for the four phases
+                            ref_weight=effective,
+                        )
+                    )
+                conv = block.conv1
+                layers.append(
+                    _FastLayer(
+                        _LayerSpec("conv"), block.epi2, weight=conv.scaled_weight(), bias=conv.bias, ref_weight=None
+                    )
+                )
+            else:
+                raise TypeError(f"unexpected synthesis block {name!r}: {type(block).__name__}")
+    return layers
+
+
+class FastStyleGANGenerator(nn.Module):
+    """The same function as a frozen :class:`StyleGANGenerator`, computed faster (see the module doc).
+
+    Args:
+        generator: the faithful generator to copy (its weights are read once; it is not kept).
+        channels_last: run the convolutions on channels-last memory; ``None`` picks it when ``generator``
+            is on the CPU (decided here, not after ``.to()``) and NCHW elsewhere (unmeasured: no GPU here).
+        compile: wrap the synthesis in ``torch.compile``; if that is unavailable or fails, the eager fast
+            path is used and the reason logged once.
+
+    Attributes follow :class:`pulse.generators.base.Generator`. All tensors are buffers: ``.to(device)``
+    moves the copy, and nothing in it is a parameter.
+    """
+
+    def __init__(self, generator: StyleGANGenerator, channels_last: bool | None = None, compile: bool = False) -> None:
+        super().__init__()
+        synthesis = generator.synthesis
+        self.resolution = generator.resolution
+        self.num_latents = generator.num_latents
+        self.latent_dim = generator.latent_dim
+        self.noise_shapes: list[tuple[int, ...]] = list(generator.noise_shapes)
+        if channels_last is None:
+            channels_last = next(iter(generator.buffers())).device.type == "cpu"
+        self.channels_last = channels_last
+        self.register_buffer("mean", generator.mean.detach().clone())
+        self.register_buffer("std", generator.std.detach().clone())
+        self.layers = nn.ModuleList(_layers_from(synthesis))
+        if len(self.layers) != self.num_latents:
+            raise ValueError(f"found {len(self.layers)} layers for {self.num_latents} style rows")
+        if channels_last:
+            # Kernels in the activations' layout: oneDNN would otherwise reorder them on every call.
+            for layer in self.layers:
+                for name in ("weight", "ref_weight"):
+                    kernel = getattr(layer, name)
+                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
+                        setattr(layer, name, kernel.contiguous(memory_format=torch.channels_last))
+        torgb = synthesis.torgb
+        with torch.no_grad():
+            self.register_buffer("rgb_weight", torgb.scaled_weight().flatten(1).detach().clone())  # [3, C]
+            self.register_buffer("rgb_bias", torgb.bias.detach().clone())
+        self.compile = compile
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        self._compile_failed = False
+        self.eval()
+
+    @classmethod
+    def from_generator(
+        cls, generator: StyleGANGenerator, channels_last: bool | None = None, compile: bool = False
+    ) -> FastStyleGANGenerator:
+        """Build the fast copy of ``generator`` on its device."""
+        device = next(iter(generator.buffers())).device
+        return cls(generator, channels_last=channels_last, compile=compile).to(device)
+
+    def to_style(self, latent: torch.Tensor) -> torch.Tensor:
+        """``[B, L, 512] -> [B, L, 512]``: ``leaky_relu(latent * std + mean, 0.2)``, as the reference."""
+        return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
+
+    def _synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor]) -> torch.Tensor:
+        channels_last = self.channels_last
+        x: torch.Tensor | None = None
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            rgb = (self.rgb_weight, self.rgb_bias) if index == last else (None, None)
+            x = layer(x, style[:, index], noise[index], *rgb)
+            if index == 0 and channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
+        """``style [B, L, 512]``, noise ``[B or 1, 1, r_i, r_i]`` each (``None``: fresh N(0, 1)) -> ``[B, 3, R, R]``.
+
+        The image is NCHW-contiguous in either memory mode, like the reference's.
+        """
+        if style.dim() != 3 or style.shape[1] != self.num_latents or style.shape[2] != self.latent_dim:
+            raise ValueError(f"style must be [batch, {self.num_latents}, {self.latent_dim}], got {list(style.shape)}")
+        if noise is None:
+            noise = [None] * self.num_latents
+        if len(noise) != self.num_latents:
+            raise ValueError(f"expected {self.num_latents} noise maps, got {len(noise)}")
+        batch = style.shape[0]
+        maps = [
+            torch.randn(batch, *shape, device=style.device, dtype=style.dtype) if n is None else n
+            for n, shape in zip(noise, self.noise_shapes, strict=True)
+        ]
+        if self.compile and not self._compile_failed:
+            try:
+                if self._compiled is None:
+                    self._compiled = torch.compile(self._synthesize)
+                return self._compiled(style, maps)
+            except Exception as error:  # no compiler, unsupported op, ...: keep going without it
+                self._compile_failed = True
+                log.warning("torch.compile unavailable for the fast StyleGAN path (%s); running eager", error)
+        return self._synthesize(style, maps)
+
+
+def accelerate(
+    generator: StyleGANGenerator, channels_last: bool | None = None, compile: bool = False
+) -> FastStyleGANGenerator:
+    """The fast copy of a faithful StyleGAN generator (config entry point; see :class:`FastStyleGANGenerator`)."""
+    if isinstance(generator, FastStyleGANGenerator):
+        return generator
+    if not isinstance(generator, StyleGANGenerator):
+        raise TypeError(f"accelerate() needs a StyleGANGenerator, got {type(generator).__name__}")
+    return FastStyleGANGenerator.from_generator(generator, channels_last=channels_last, compile=compile)

@@ -1,0 +1,66 @@
+"""scripts/benchmark.py --quick: a correctness run of the timing harness (no timing assertions)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_timing(timing: dict, batch: int) -> None:
+    assert timing["timed_steps"] == 1
+    assert timing["s_per_step"] > 0
+    assert math.isclose(timing["steps_per_s"], 1 / timing["s_per_step"])
+    assert math.isclose(timing["images_per_min"], 60 * batch / timing["s_per_step"])
+    assert timing["peak_memory_mb"] > 10  # a Python process with torch loaded
+
+
+def test_quick_run_writes_consistent_json(script, tmp_path, capsys):
+    path = tmp_path / "out" / "bench.json"
+    script.main(["--quick", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert report["resolution"] == 32 and report["device"] == "cpu" and report["lr_side"] == 8
+    assert report["options"] == {"compile": False, "channels_last": "auto", "quick": True}
+    assert report["environment"]["torch"] and "load_average" in report["environment"]
+    assert "ru_maxrss" in report["peak_memory_note"]
+    assert 0 <= report["max_abs_diff_image"] < 1e-4
+    assert [row["batch"] for row in report["results"]] == [1, 2]
+    for row in report["results"]:
+        _check_timing(row["eager"], row["batch"])
+        _check_timing(row["fast"], row["batch"])
+        assert math.isclose(row["speedup"], row["fast"]["steps_per_s"] / row["eager"]["steps_per_s"])
+        # Same seeds and targets: the two searches end at the same images (HR in [0, 1]).
+        assert 0 <= row["max_abs_diff_hr"] < 1e-3
+        assert row["fast_unavailable"] is None
+    printed = capsys.readouterr().out
+    assert "fast/eager" in printed and f"{report['results'][0]['speedup']:.2f}" in printed
+
+
+def test_generator_without_fast_path_reports_null_and_why(script, tmp_path, capsys):
+    path = tmp_path / "dcgan.json"
+    script.main(["--generator", "dcgan", "--batch", "1", "--steps", "1", "--json", str(path)])
+    row = json.loads(path.read_text())["results"][0]
+    assert row["fast"] is None and row["speedup"] is None and row["max_abs_diff_hr"] is None
+    assert "StyleGAN only" in row["fast_unavailable"]
+    _check_timing(row["eager"], 1)
+    assert "fast path unavailable: the fast path exists for StyleGAN only" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_named(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--quick", "--batch", "1,x"])
+    assert "comma-separated integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--steps", "0"])
+    assert "--steps and --warmup must be >= 1" in capsys.readouterr().err

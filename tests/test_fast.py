@@ -1,0 +1,231 @@
+"""The fast StyleGAN path computes the faithful port's function; the solver's optional early stop."""
+
+import copy
+import logging
+import math
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from pulse.generators import fast, stylegan
+from pulse.generators.fast import FastStyleGANGenerator, accelerate
+from pulse.generators.stylegan import StyleGANGenerator
+from pulse.losses import PulseLoss
+from pulse.optim import SphericalOptimizer
+from pulse.solver import PulseSolver, SearchSettings
+
+
+@pytest.fixture(scope="module")
+def small() -> StyleGANGenerator:
+    return StyleGANGenerator.synthetic(resolution=32, fmap_base=256, fmap_max=32, fit_samples=2000)
+
+
+@pytest.fixture(scope="module")
+def narrow() -> StyleGANGenerator:
+    return StyleGANGenerator.synthetic(resolution=32, fmap_base=128, fmap_max=16, fit_samples=2000)
+
+
+@pytest.fixture(params=[(16, 32), (32, 8)], ids=["fused16-polyphase32", "fused32-polyphase8"])
+def layer_kinds(request, monkeypatch):
+    """Move both ports' switch to the fused transposed conv (128 px in the real network) and the fast
+    path's switch to polyphase upsampling so that a cheap 32 px network has every layer kind: with
+    (16, 32) nearest and fused layers computed as the reference does plus a fused polyphase layer;
+    with (32, 8) nearest polyphase layers and a fused one. Both modules read the constants at use."""
+    fused, polyphase = request.param
+    monkeypatch.setattr(stylegan, "FUSED_UPSAMPLE_MIN_SIDE", fused)
+    monkeypatch.setattr(fast, "FUSED_UPSAMPLE_MIN_SIDE", fused)
+    monkeypatch.setattr(fast, "POLYPHASE_MIN_SIDE", polyphase)
+
+
+def _inputs(generator, batch: int = 2, seed: int = 1):
+    rng = torch.Generator().manual_seed(seed)
+    latent = torch.randn(batch, generator.num_latents, generator.latent_dim, generator=rng)
+    latent = latent / latent.norm(dim=-1, keepdim=True) * math.sqrt(generator.latent_dim)
+    noise = [torch.randn(batch, *shape, generator=rng) for shape in generator.noise_shapes]
+    return latent, noise
+
+
+def _forward_backward(generator, latent, noise, dtype=torch.float32):
+    """Image and the gradients of a fixed random projection of it w.r.t. latent and noise (float64 out)."""
+    latent = latent.to(dtype, copy=True).requires_grad_(True)
+    noise = [n.to(dtype, copy=True).requires_grad_(True) for n in noise]
+    image = generator.synthesize(generator.to_style(latent), noise)
+    probe = torch.randn(image.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    (image * probe).sum().backward()
+    return image.detach().double(), latent.grad.double(), [n.grad.double() for n in noise]
+
+
+def _rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# ---------------------------------------------------------------- same function
+
+
+def test_float64_fast_path_is_exact(narrow, layer_kinds):
+    """In float64 the polyphase kernels, exact borders and hand-written backward match to rounding."""
+    reference = copy.deepcopy(narrow).double()
+    latent, noise = _inputs(narrow, batch=1)
+    for channels_last in (False, True):
+        image, grad_latent, grad_noise = _forward_backward(
+            accelerate(reference, channels_last=channels_last), latent, noise, torch.float64
+        )
+        ref_image, ref_latent, ref_noise = _forward_backward(reference, latent, noise, torch.float64)
+        assert (image - ref_image).abs().max() < 1e-10
+        assert _rel_error(grad_latent, ref_latent) < 1e-10
+        assert max(_rel_error(a, b) for a, b in zip(grad_noise, ref_noise, strict=True)) < 1e-10
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_float32_fast_path_matches_faithful(narrow, layer_kinds, channels_last):
+    _check_float32(narrow, channels_last)
+
+
+def test_float32_fast_path_matches_faithful_at_128px():
+    """The real switches (fused layer from 128 px, default polyphase setting), narrow feature maps."""
+    _check_float32(StyleGANGenerator.synthetic(resolution=128, fmap_base=64, fmap_max=4, fit_samples=500), True)
+
+
+def _check_float32(faithful: StyleGANGenerator, channels_last: bool) -> None:
+    """fp32: within 1e-4 of the faithful port, and no less accurate than it against a float64 run."""
+    latent, noise = _inputs(faithful, batch=2)
+    truth = _forward_backward(copy.deepcopy(faithful).double(), latent, noise, torch.float64)
+    eager = _forward_backward(faithful, latent, noise)
+    quick = _forward_backward(accelerate(faithful, channels_last=channels_last), latent, noise)
+
+    scale = max(1.0, truth[0].abs().max().item())  # narrow random nets make images of a few units
+    assert (quick[0] - eager[0]).abs().max().item() <= 1e-4 * scale
+    # Against the float64 truth the fast path may not lose digits the faithful one keeps (e.g. by
+    # cancellation when an instance norm's mean dwarfs its std).
+    assert (quick[0] - truth[0]).abs().max() <= 2 * (eager[0] - truth[0]).abs().max() + 1e-6 * scale
+    assert _rel_error(quick[1], truth[1]) < 1e-4
+    for grad, ref in zip(quick[2], truth[2], strict=True):
+        assert _rel_error(grad, ref) < 1e-4
+
+
+def test_fast_generator_is_frozen_contiguous_and_leaves_the_original_alone(small):
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    quick = accelerate(small, channels_last=True)
+    assert isinstance(quick, FastStyleGANGenerator)
+    assert list(quick.parameters()) == []  # no autograd bookkeeping for weights
+    assert (quick.resolution, quick.num_latents, quick.latent_dim) == (32, 8, 512)
+    assert quick.noise_shapes == small.noise_shapes
+    latent, noise = _inputs(small)
+    image = quick.synthesize(quick.to_style(latent), noise)
+    assert image.shape == (2, 3, 32, 32) and image.is_contiguous()
+    assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())
+    assert accelerate(quick) is quick
+
+
+def test_accelerate_rejects_other_generators(dcgan):
+    with pytest.raises(TypeError, match="StyleGANGenerator"):
+        accelerate(dcgan)
+
+
+def test_bad_shapes_are_named(small):
+    quick = accelerate(small)
+    latent, noise = _inputs(small)
+    with pytest.raises(ValueError, match=r"style must be \[batch, 8, 512\]"):
+        quick.synthesize(latent[:, :3], noise)
+    with pytest.raises(ValueError, match="expected 8 noise maps"):
+        quick.synthesize(latent, noise[:2])
+
+
+def test_compile_failure_falls_back_to_eager(small, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    latent, noise = _inputs(small)
+    plain = accelerate(small).synthesize(small.to_style(latent), noise)
+    compiled = accelerate(small, compile=True)
+    with caplog.at_level(logging.WARNING, logger=fast.__name__):
+        first = compiled.synthesize(small.to_style(latent), noise)
+        second = compiled.synthesize(small.to_style(latent), noise)
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    warnings = [r for r in caplog.records if "torch.compile unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "no compiler here" in warnings[0].getMessage()  # logged once
+
+
+def test_solver_gives_the_same_results_with_the_fast_generator(small):
+    """A few search steps end at the same images. Spherical SGD, not Adam: Adam's first steps are
+    about ``lr * sign(grad)``, so rounding-level gradient differences on near-zero components would
+    flip whole steps (for two summation orders of the faithful port as much as for the fast path)."""
+    latent, noise = _inputs(small, batch=2, seed=3)
+    with torch.no_grad():
+        lr = torch.nn.functional.avg_pool2d((small.synthesize(small.to_style(latent), noise) + 1) / 2, 4).clamp(0, 1)
+    settings = SearchSettings(steps=3, bad_noise_layers=[7])
+    sgd = partial(SphericalOptimizer, torch.optim.SGD, lr=0.05)
+    eager = PulseSolver(small, optimizer=sgd, settings=settings).solve(lr)
+    quick = PulseSolver(accelerate(small), optimizer=sgd, settings=settings).solve(lr)
+    assert (eager.hr[0] - eager.hr[1]).abs().max() > 0.01  # the samples differ, so matching means something
+    torch.testing.assert_close(quick.hr, eager.hr, atol=1e-4, rtol=0)
+    torch.testing.assert_close(quick.best_loss, eager.best_loss, atol=1e-5, rtol=1e-4)
+    assert torch.equal(quick.best_step, eager.best_step)
+
+
+# ---------------------------------------------------------------- early stop (pulse.solver)
+
+
+def _search(generator, **settings):
+    lr = torch.full((1, 3, 8, 8), 0.5)
+    return PulseSolver(generator, PulseLoss({"l2": 100}), settings=SearchSettings(**settings)).solve(lr)
+
+
+def test_early_stop_off_or_never_triggered_changes_nothing(dcgan):
+    default = _search(dcgan, steps=4)
+    never = _search(dcgan, steps=4, early_stop_patience=100)  # the code path runs, nobody freezes
+    assert torch.equal(default.hr, never.hr)
+    assert torch.equal(default.latent, never.latent)
+    assert [h["loss"] for h in default.history] == [h["loss"] for h in never.history]
+
+
+def test_early_stop_freezes_samples_at_eps_that_plateau(dcgan):
+    # eps=1: every sample is at eps from step 0; rtol=1: no step counts as progress after the first.
+    free = _search(dcgan, steps=10, eps=1.0, schedule="fixed")
+    stopped = _search(dcgan, steps=40, eps=1.0, schedule="fixed", early_stop_patience=2, early_stop_rtol=1.0)
+    losses = [h["loss"] for h in stopped.history]
+    free_losses = [h["loss"] for h in free.history]
+    assert len(losses) == 10  # all frozen: the batch ends at the next periodic check (step 9)
+    assert losses[:3] == free_losses[:3]  # steps 0-2 evaluated the same trajectory
+    assert all(loss == losses[2] for loss in losses[2:])  # frozen after step 2: the variables no longer move
+    assert len(set(free_losses[2:10])) > 1  # ... whereas the unconstrained search keeps moving
+    assert (stopped.best_step <= 2).all()
+
+
+def test_early_stop_waits_for_eps(dcgan):
+    # Unreachable eps: nobody freezes however flat the loss, so the search runs all its steps.
+    stopped = _search(dcgan, steps=11, eps=0.0, early_stop_patience=1, early_stop_rtol=1.0)
+    free = _search(dcgan, steps=11, eps=0.0)
+    assert len(stopped.history) == 11
+    assert torch.equal(stopped.hr, free.hr)
+
+
+def test_early_stop_settings_are_checked():
+    with pytest.raises(ValueError, match="early_stop_patience"):
+        SearchSettings(early_stop_patience=-1)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_fast_generator_configs_compose_and_build(small):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["generator=stylegan_synthetic_fast"])
+        ffhq = compose(config_name="config", overrides=["generator=stylegan_ffhq_fast"])
+    assert ffhq.generator._target_ == "pulse.generators.fast.accelerate"
+    assert ffhq.generator.generator._target_.endswith("StyleGANGenerator.pretrained")
+    with open_dict(cfg):
+        cfg.generator.generator.fit_samples = 2000  # what the `small` fixture used
+    generator = instantiate(cfg.generator)
+    assert isinstance(generator, FastStyleGANGenerator) and generator.resolution == 32
+    latent, noise = _inputs(small)
+    expected = small.synthesize(small.to_style(latent), noise)
+    torch.testing.assert_close(generator.synthesize(generator.to_style(latent), noise), expected, atol=1e-4, rtol=0)
