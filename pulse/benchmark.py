@@ -2,10 +2,10 @@
 
 One measurement times real :meth:`pulse.solver.PulseSolver.solve` steps (forward synthesis,
 downscale, loss, backward, spherical Adam step and the per-sample bookkeeping): the solver's
-callback stamps the clock after every step, the first ``warmup`` steps are discarded, and on CUDA the
-device is synchronised before each stamp. Both paths search the same inputs from the same seeds, so
-their best images are also compared (``max_abs_diff_hr``), as is one forward pass of the generators
-on identical inputs (``max_abs_diff_image``, raw generator output).
+callback stamps the clock after every step, the first ``warmup`` steps are discarded, the median of the
+timed steps is reported, and on CUDA the device is synchronised before each stamp. Both paths search the
+same inputs from the same seeds, so their best images are also compared (``max_abs_diff_hr``), as is one
+forward pass of the generators on identical inputs (``max_abs_diff_image``, raw generator output).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA (reset per measurement). On the CPU it is
 the process's peak resident set size (``getrusage``), which cannot be reset: it is a high-water mark
@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -97,7 +98,7 @@ def time_search(
     steps: int,
     seed: int = 0,
 ) -> tuple[Timing, torch.Tensor]:
-    """Seconds per solver step over ``steps`` steps after ``warmup`` untimed ones.
+    """Median seconds per solver step over ``steps`` steps after ``warmup`` untimed ones.
 
     Args:
         generator: the generator searched (on its device).
@@ -122,9 +123,9 @@ def time_search(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     result = PulseSolver(generator, settings=settings).solve(lr_images.to(device), callback=stamp)
-    # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it.
-    elapsed = stamps[-1] - stamps[warmup - 1]
-    per_step = elapsed / steps
+    # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it. The median step, not the
+    # mean: on a shared CPU one step stalled by another process would otherwise decide the ratio.
+    per_step = statistics.median(b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True))
     batch = lr_images.shape[0]
     timing = Timing(
         s_per_step=per_step,

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 from pulse.benchmark import BenchmarkReport, format_report, run_benchmark  # noqa: E402
+from pulse.runtime import tune_cpu_allocator  # noqa: E402
 
 FAST_ONLY_STYLEGAN = "the fast path exists for StyleGAN only (pulse.generators.fast.accelerate)"
 
@@ -58,6 +59,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny correctness run: 32 px, batches 1,2, 1 step")
+    parser.add_argument(
+        "--no-allocator-tuning",
+        dest="allocator_tuning",
+        action="store_false",
+        help="keep glibc's default malloc settings (run.py tunes them on the CPU; both paths always share the choice)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.resolution, args.fmap_base, args.fmap_max = 32, 256, 32
@@ -97,6 +104,7 @@ def build(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
     args = parse_args(argv)
+    tuned = tune_cpu_allocator() if args.allocator_tuning and args.device == "cpu" else False
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     eager, make_fast, unavailable = build(args)
@@ -110,7 +118,12 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
         steps=args.steps,
         generator_name=args.generator + (" (official weights)" if args.pretrained else " (random weights)"),
         fast_unavailable=unavailable,
-        options={"compile": args.compile, "channels_last": args.channels_last, "quick": args.quick},
+        options={
+            "compile": args.compile,
+            "channels_last": args.channels_last,
+            "quick": args.quick,
+            "cpu_allocator_tuned": tuned,
+        },
         log=lambda message: print(message, file=sys.stderr, flush=True),
     )
     print(format_report(report))
