@@ -57,7 +57,9 @@ def ref_luminance(rgb: np.ndarray, convention: str) -> np.ndarray:
         return x
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     if convention == "gray":
-        y = 0.2989 * r + 0.5870 * g + 0.1140 * b
+        # MATLAB's rgb2gray: the first row of the inverse of its NTSC (YIQ -> RGB) matrix.
+        wr, wg, wb = np.linalg.inv([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]])[0]
+        y = wr * r + wg * g + wb * b
     else:
         y = (65.481 * r + 128.553 * g + 24.966 * b) / 255.0 + 16.0
     return np.floor(y + 0.5)
