@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from pulse.generators.base import LayeredGenerator
-from pulse.losses import LossInputs
-from pulse.solver import BestTracker, PulseSolver, SearchResult, StepInfo, _module_device
+from pulse.solver import BestTracker, PulseSolver, SearchResult, StepInfo, _module_device, measure_fp32
 
 
 def project_l1_ball(values: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
@@ -156,8 +155,7 @@ class ILOSolver:
                 style = generator.to_style(rows)
                 deep = generator.forward_blocks(features + delta, style, noise, block, generator.num_blocks)
                 hr = (generator.features_to_image(deep) + 1.0) / 2.0
-                lr_gen = downscale(hr)
-                total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps, groups))
+                hr, lr_gen, total, terms = measure_fp32(downscale, self.loss, hr, reference, style, eps, groups)
                 error = tracker.update(step, total, terms, hr, lr_gen, reference, rows, noise)
                 tracker.backward(total, [delta] + ([later_rows] if later_rows is not None else []))
                 for optimizer in optimizers:

@@ -104,6 +104,7 @@ def duplicate_diversity(hr_gen: torch.Tensor, groups: torch.Tensor | None) -> to
 
 LossTerm = Callable[[LossInputs], torch.Tensor]
 
+
 def niqe_hr(hr_gen: torch.Tensor) -> torch.Tensor:
     """Differentiable NIQE (gray, no 8-bit rounding) of the generated images ``[B, 3, H, W]`` -> ``[B]``.
 

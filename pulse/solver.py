@@ -282,7 +282,8 @@ class BestTracker:
     ) -> SearchResult:
         """The :class:`SearchResult`, judged on the returned (clamped) images."""
         hr_out = self.best_hr.clamp(0, 1)
-        lr_out = downscale(hr_out)
+        with torch.autocast(device_type=hr_out.device.type, enabled=False):  # judged in float32, like the search
+            lr_out = downscale(hr_out.float())
         error = (lr_out - reference).pow(2).mean(dim=(1, 2, 3))
         error = torch.where(self.best_step >= 0, error, torch.full_like(error, math.nan))
         status = [f"stopped: non-finite loss at step {k}" if k >= 0 else "ok" for k in self.stopped_at.tolist()]
@@ -342,6 +343,30 @@ class PlateauStop:
         for old, variable in zip(before, variables, strict=True):
             keep = self.frozen.view(-1, *([1] * (variable.ndim - 1)))
             variable.copy_(torch.where(keep, old, variable))
+
+
+def measure_fp32(
+    downscale: nn.Module,
+    loss: PulseLoss,
+    hr: torch.Tensor,
+    reference: torch.Tensor,
+    style: torch.Tensor,
+    eps: float,
+    groups: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Downscale ``hr`` ``[S, 3, R, R]`` and evaluate the loss in float32, even inside mixed-precision autocast.
+
+    The generator may run in bf16/fp16 (``trainer.precision=bf16-mixed``), but the downscale error is
+    compared with eps ~ 1e-3, below bf16's resolution (8 bits of mantissa), so this part never is.
+
+    Returns:
+        ``(hr, lr_gen, total, terms)`` with ``hr`` and ``style`` cast to float32, ``total`` ``[S]``.
+    """
+    with torch.autocast(device_type=hr.device.type, enabled=False):
+        hr = hr.float()
+        lr_gen = downscale(hr)
+        total, terms = loss(LossInputs(lr_gen, reference, style.float(), hr, eps, groups))
+    return hr, lr_gen, total, terms
 
 
 class PulseSolver:
@@ -464,8 +489,7 @@ class PulseSolver:
             rows = latent.expand(-1, gen.num_latents, -1) if s.tile_latent else latent
             style = gen.to_style(rows)
             hr = (gen.synthesize(style, noise) + 1.0) / 2.0
-            lr_gen = downscale(hr)
-            total, terms = self.loss(LossInputs(lr_gen, reference, style, hr, eps, groups))
+            hr, lr_gen, total, terms = measure_fp32(downscale, self.loss, hr, reference, style, eps, groups)
             if frames_every and step % frames_every == 0:
                 frames.append(_thumbnail(hr.detach(), frame_size).cpu())
             error = tracker.update(step, total, terms, hr, lr_gen, reference, latent, noise)

@@ -122,3 +122,24 @@ def test_spherical_search_keeps_the_latent_norm_plain_adam_does_not(dcgan):
         norms[name] = (final["latent"].detach().norm().item(), start.norm().item())
     assert norms["spherical"][0] == pytest.approx(norms["spherical"][1], rel=1e-5)
     assert abs(norms["plain"][0] - norms["plain"][1]) > 0.1
+
+
+def test_mixed_precision_keeps_the_downscale_and_loss_in_float32(dcgan):
+    """Under bf16 autocast (trainer.precision=bf16-mixed) the generator runs in bf16, the measurement never does."""
+    seen: list[tuple[torch.dtype, bool]] = []
+
+    class RecordingBicubic(BicubicDownscale):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            seen.append((images.dtype, torch.is_autocast_enabled("cpu")))
+            return super().forward(images)
+
+    lr = torch.stack([p.lr for p in GeneratedFaces(dcgan, num=4, factors=[8])])
+    solver = PulseSolver(dcgan, downscale=RecordingBicubic, settings=SearchSettings(steps=30))
+    full = solver.solve(lr)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = solver.solve(lr)
+    assert seen and all(dtype == torch.float32 and not autocast for dtype, autocast in seen)
+    assert mixed.hr.dtype == torch.float32 and torch.isfinite(mixed.downscale_error).all()
+    # The bf16 generator explains the inputs about as well (same seeds; bf16 rounding changes the path).
+    assert mixed.downscale_error.mean() < 1.5 * full.downscale_error.mean()
