@@ -14,6 +14,7 @@ at the border and renormalised (as PIL does), so a constant image stays constant
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -281,8 +282,9 @@ class NoisyDownscale(nn.Module):
     image, so the search must not chase a noise sample of its own: the best it can reach is the
     noise's variance, ``sigma**2`` in downscale error (MSE), which :attr:`noise_floor` reports. Set
     ``solver.eps`` above it (e.g. ``eps + sigma**2``), otherwise no sample counts as a success.
-    The noise is reproducible: every call draws from ``seed`` afresh, so a data source yields the
-    same inputs each time it is iterated (and equal-sized images get the same noise sample).
+    The noise is reproducible and differs between images: each image's noise is drawn from a seed
+    made of ``seed`` and a hash of its clean LR, so a data source yields the same inputs each time it
+    is iterated, whatever the order or batching.
     """
 
     def __init__(
@@ -313,9 +315,16 @@ class NoisyDownscale(nn.Module):
     def degrade(self, images: torch.Tensor) -> torch.Tensor:
         """The base operator's output plus seeded noise ``[B, C, H / factor, W / factor]``."""
         clean = self.base(images)
-        rng = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(clean.shape, generator=rng, dtype=torch.float32)
+        noise = torch.stack([self._noise_for(image) for image in clean])
         return clean + self.sigma * noise.to(device=clean.device, dtype=clean.dtype)
+
+    def _noise_for(self, clean: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise ``[C, h, w]`` seeded by ``seed`` and the image's own content."""
+        content = hashlib.sha256(clean.detach().float().cpu().numpy().tobytes()).digest()
+        key = int.from_bytes(
+            hashlib.sha256(self.seed.to_bytes(8, "little", signed=True) + content).digest()[:8], "little"
+        )
+        return torch.randn(clean.shape, generator=torch.Generator().manual_seed(key), dtype=torch.float32)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, sigma={self.sigma:g}, seed={self.seed}"

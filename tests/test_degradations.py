@@ -173,6 +173,12 @@ def test_noisy_adds_noise_only_when_making_data():
     assert residual.std().item() == pytest.approx(0.05, rel=0.15)
     assert operator.noise_floor == pytest.approx(0.0025)
     torch.testing.assert_close(operator.degrade(image), noisy)  # seeded: reproducible
+    # Each image its own noise, whatever the batching: alone or in a batch, same result; twins differ.
+    other = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    batch = operator.degrade(torch.cat([other, image]))
+    torch.testing.assert_close(batch[1:], noisy)
+    torch.testing.assert_close(operator.degrade(image[2:3]), noisy[2:3])
+    assert not torch.allclose(residual[0], residual[1], atol=1e-2)  # equal-sized images, different noise
     assert not torch.equal(NoisyDownscale(4, sigma=0.05, seed=4).degrade(image), noisy)
     area = NoisyDownscale(2, sigma=0.0, base="area")
     torch.testing.assert_close(area.degrade(image), AreaDownscale(2)(image))
