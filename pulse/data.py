@@ -138,6 +138,11 @@ class ImageFolder:
         if factor is not None:
             integer_factor(resolution, resolution // factor if factor > 0 else 0)
             self.operator = operator_factory(degradation)(factor)
+        elif degradation is not None:
+            raise ValueError(
+                "data.degradation makes inputs from ground truth, so it needs data.factor; without a factor the "
+                "files are used as they are (set data.factor=N, or drop data.degradation)"
+            )
 
     def _problem(self, path: Path) -> Problem:
         image = load_image(path)

@@ -258,6 +258,8 @@ def test_image_folder_with_degradation(tmp_path):
     torch.testing.assert_close(problem.lr, truth[:, 2::4, 2::4])
     (problem,) = list(ImageFolder(tmp_path, resolution=32, factor=4))
     torch.testing.assert_close(problem.lr, BicubicDownscale(4)(truth[None])[0].clamp(0, 1))
+    with pytest.raises(ValueError, match="needs data.factor"):  # LR files as they are: nothing to degrade
+        ImageFolder(tmp_path, resolution=32, degradation="nearest")
 
 
 def test_solver_searches_same_size_gray_problem(dcgan):
