@@ -9,6 +9,7 @@ without disturbing the others.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from pulse.downscale import BicubicDownscale, integer_factor
 from pulse.generators.base import Generator, check_generator
 from pulse.losses import LossInputs, PulseLoss
 from pulse.optim import SphericalOptimizer, schedule
+
+log = logging.getLogger(__name__)
 
 NOISE_TYPES = ("zero", "fixed", "trainable")
 
@@ -393,6 +396,13 @@ class PulseSolver:
         self.loss = loss if loss is not None else PulseLoss({"l2": 100.0, "geocross": 0.05}, self.settings.eps)
         self.optimizer = optimizer or partial(SphericalOptimizer, torch.optim.Adam, lr=0.4)
         self.downscale = downscale
+        layers = len(self.generator.noise_shapes)
+        missing = [i for i in self.settings.bad_noise_layers if i >= layers]
+        if layers and missing:  # e.g. the StyleGAN1 default [17] on StyleGAN2 (maps 0-16)
+            log.warning(
+                "bad_noise_layers %s name no noise map of this generator (it has %d: 0-%d); they are ignored",
+                missing, layers, layers - 1,
+            )  # fmt: skip
 
     def _check_inputs(self, lr_images: torch.Tensor) -> int:
         if lr_images.ndim != 4 or lr_images.shape[1] != 3:

@@ -568,3 +568,21 @@ def test_ffhq_config_without_weights_fails_clearly(tmp_path):
     with pytest.raises(Exception, match=r"(?s)StyleGAN2 weights not found at .*docs/generators\.md") as error:
         instantiate(cfg.generator)
     assert str(tmp_path) in str(error.value)
+
+
+def test_default_bad_noise_layer_is_reported_when_the_generator_has_no_such_map(caplog):
+    import logging
+
+    from pulse.generators.stylegan2 import StyleGAN2Generator
+    from pulse.solver import PulseSolver, SearchSettings
+
+    generator = StyleGAN2Generator.synthetic(resolution=32)
+    with caplog.at_level(logging.WARNING, logger="pulse.solver"):
+        PulseSolver(generator, settings=SearchSettings())  # bad_noise_layers (17,): StyleGAN1's default
+    (message,) = [r.getMessage() for r in caplog.records]
+    maps = len(generator.noise_shapes)
+    assert "[17]" in message and f"it has {maps}: 0-{maps - 1}" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pulse.solver"):
+        PulseSolver(generator, settings=SearchSettings(bad_noise_layers=[maps - 1]))
+    assert not caplog.records
