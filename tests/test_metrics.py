@@ -9,26 +9,7 @@ from skimage.metrics import structural_similarity
 
 from pulse.data import Problem
 from pulse.metrics import Diversity, GroundTruthFidelity, downscale_error, mean_pairwise, pixel_mse, psnr, ssim
-from pulse.solver import SearchResult
-
-
-def fake_result(hr: torch.Tensor, inputs: list[int], duplicates: list[int]) -> SearchResult:
-    samples = len(hr)
-    return SearchResult(
-        hr=hr,
-        lr=hr[:, :, ::4, ::4],
-        downscale_error=torch.zeros(samples),
-        success=torch.ones(samples, dtype=torch.bool),
-        best_step=torch.zeros(samples, dtype=torch.long),
-        first_step_at_eps=torch.zeros(samples, dtype=torch.long),
-        best_loss=torch.zeros(samples),
-        terms={},
-        status=["ok"] * samples,
-        input_index=torch.tensor(inputs),
-        duplicate_index=torch.tensor(duplicates),
-        seeds=list(range(samples)),
-        seconds=1.0,
-    )
+from tests.helpers import fake_result
 
 
 def test_psnr_and_downscale_error_formulas():

@@ -31,7 +31,7 @@ from pulse.metrics.niqe import (
     pristine_model,
     round_half_up,
 )
-from pulse.solver import SearchResult
+from tests.helpers import fake_result
 
 ndimage = pytest.importorskip("scipy.ndimage")
 special = pytest.importorskip("scipy.special")
@@ -355,43 +355,24 @@ def test_loss_term_refuses_small_outputs():
 # ---------------------------------------------------------------- run metric
 
 
-def fake_result(hr: torch.Tensor, inputs: list[int], duplicates: list[int]) -> SearchResult:
-    samples = len(hr)
-    return SearchResult(
-        hr=hr,
-        lr=hr[:, :, ::8, ::8],
-        downscale_error=torch.zeros(samples),
-        success=torch.ones(samples, dtype=torch.bool),
-        best_step=torch.zeros(samples, dtype=torch.long),
-        first_step_at_eps=torch.zeros(samples, dtype=torch.long),
-        best_loss=torch.zeros(samples),
-        terms={},
-        status=["ok"] * samples,
-        input_index=torch.tensor(inputs),
-        duplicate_index=torch.tensor(duplicates),
-        seeds=list(range(samples)),
-        seconds=1.0,
-    )
-
-
 def test_metric_scores_outputs_and_known_ground_truth():
     truth = to_tensor(IMAGES["astronaut"]()[:192, :192])[0].float()
     other = to_tensor(IMAGES["coffee"]()[:192, :192])[0].float()
     sr = torch.stack([truth.flip(-1), other, truth * 0.8])
     problems = [Problem("a", truth[:, ::8, ::8], truth), Problem("b", other[:, ::8, ::8], None)]
-    values = NIQEMetric()(fake_result(sr, [0, 1, 0], [0, 0, 1]), problems)
+    values = NIQEMetric()(fake_result(sr, [0, 1, 0], [0, 0, 1], factor=8), problems)
     torch.testing.assert_close(values.values["niqe"], niqe(sr))
     truth_score = niqe(truth[None]).item()
     hr = values.values["niqe_hr"]
     assert hr[0] == hr[2] == pytest.approx(truth_score) and math.isnan(hr[1])
     assert values.notes == {}
-    y = NIQEMetric("y")(fake_result(sr, [0, 1, 0], [0, 0, 1]), problems)
+    y = NIQEMetric("y")(fake_result(sr, [0, 1, 0], [0, 0, 1], factor=8), problems)
     assert set(y.values) == {"niqe_y", "niqe_y_hr"}
 
 
 def test_metric_is_null_with_the_reason_on_small_outputs():
     sr = torch.rand(2, 3, 64, 64)
-    values = NIQEMetric()(fake_result(sr, [0, 0], [0, 1]), [Problem("a", sr[0, :, ::4, ::4], sr[0])])
+    values = NIQEMetric()(fake_result(sr, [0, 0], [0, 1], factor=8), [Problem("a", sr[0, :, ::4, ::4], sr[0])])
     reason = "NIQE needs at least 192x192 px (two 96-px blocks per side); outputs are 64x64"
     assert values.notes == {"niqe": reason, "niqe_hr": reason}
     assert all(torch.isnan(v).all() for v in values.values.values())
@@ -399,6 +380,6 @@ def test_metric_is_null_with_the_reason_on_small_outputs():
 
 def test_metric_notes_missing_ground_truth():
     sr = to_tensor(IMAGES["coffee"]()[:192, :192]).float()
-    values = NIQEMetric()(fake_result(sr, [0], [0]), [Problem("a", sr[0, :, ::8, ::8], None)])
+    values = NIQEMetric()(fake_result(sr, [0], [0], factor=8), [Problem("a", sr[0, :, ::8, ::8], None)])
     assert torch.isfinite(values.values["niqe"]).all() and "niqe_hr" not in values.values
     assert "no ground truth" in values.notes["niqe_hr"]
