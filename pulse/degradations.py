@@ -142,31 +142,54 @@ def _require_factor_one(name: str, factor: int) -> None:
 # Resampling kernels
 
 
-class BilinearDownscale(nn.Module):
-    """Antialiased bilinear, as PIL's ``resize(BILINEAR)`` and MATLAB's ``imresize(..., 'bilinear')``.
+class SeparableDownscale(nn.Module):
+    """A separable integer downscale by a kernel of the signed distance to each block centre.
 
-    The triangle kernel is widened by ``factor`` (support ``2 * factor`` input pixels), centred on each
-    output pixel's block, truncated and renormalised at the border.
+    Subclasses define :meth:`weight`; the ``[h, H]`` and ``[w, W]`` matrices are built once per image
+    size, device and dtype (the search applies the operator at every step to same-sized images).
     """
 
     def __init__(self, factor: int) -> None:
         super().__init__()
         check_factor(factor, factor, factor)
         self.factor = int(factor)
+        self._matrices: dict[tuple[int, int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def weight(self, distance: torch.Tensor) -> torch.Tensor:
+        """Unnormalised weights for signed distances ``[h, H]`` (input pixels) to the output pixel centres."""
+        raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, C, H / factor, W / factor]``."""
         height, width = images.shape[-2:]
         check_factor(height, width, self.factor)
+        key = (height, width, images.device, images.dtype)
+        if key not in self._matrices:
+            rows = resampling_matrix(height, self.factor, self.weight)
+            cols = rows if width == height else resampling_matrix(width, self.factor, self.weight)
+            self._matrices[key] = (
+                rows.to(device=images.device, dtype=images.dtype),
+                cols.to(device=images.device, dtype=images.dtype),
+            )
+        return apply_separable(images, *self._matrices[key])
+
+
+class BilinearDownscale(SeparableDownscale):
+    """Antialiased bilinear, as PIL's ``resize(BILINEAR)`` and MATLAB's ``imresize(..., 'bilinear')``.
+
+    The triangle kernel is widened by ``factor`` (support ``2 * factor`` input pixels), centred on each
+    output pixel's block, truncated and renormalised at the border.
+    """
+
+    def weight(self, distance: torch.Tensor) -> torch.Tensor:
+        return (1 - distance.abs() / self.factor).clamp(min=0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, C, H / factor, W / factor]``."""
         if self.factor == 1:
+            check_factor(*images.shape[-2:], 1)
             return images
-
-        def triangle(d: torch.Tensor) -> torch.Tensor:
-            return (1 - d.abs() / self.factor).clamp(min=0)
-
-        rows = resampling_matrix(height, self.factor, triangle)
-        cols = rows if width == height else resampling_matrix(width, self.factor, triangle)
-        return apply_separable(images, rows, cols)
+        return super().forward(images)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
@@ -194,7 +217,7 @@ class NearestDownscale(nn.Module):
         return f"factor={self.factor}"
 
 
-class GaussianDownscale(nn.Module):
+class GaussianDownscale(SeparableDownscale):
     """Gaussian blur of standard deviation ``sigma`` (HR pixels) centred on each block, then decimation.
 
     ``sigma`` defaults to ``0.5 * factor``: a moderate antialiasing blur, wider than the box filter
@@ -205,25 +228,14 @@ class GaussianDownscale(nn.Module):
     """
 
     def __init__(self, factor: int, sigma: float | None = None) -> None:
-        super().__init__()
-        check_factor(factor, factor, factor)
-        self.factor = int(factor)
+        super().__init__(factor)
         self.sigma = 0.5 * self.factor if sigma is None else float(sigma)
         if not self.sigma > 0:
             raise ValueError(f"gaussian sigma must be positive, got {sigma!r}")
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W] -> [B, C, H / factor, W / factor]`` (blurred even when ``factor`` is 1)."""
-        height, width = images.shape[-2:]
-        check_factor(height, width, self.factor)
-
-        # Normalising log-weights with softmax stays finite for tiny sigma where exp() underflows.
-        def gaussian(d: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(-(d**2) / (2 * self.sigma**2), dim=1)
-
-        rows = resampling_matrix(height, self.factor, gaussian)
-        cols = rows if width == height else resampling_matrix(width, self.factor, gaussian)
-        return apply_separable(images, rows, cols)
+    def weight(self, distance: torch.Tensor) -> torch.Tensor:
+        """Blurs even when ``factor`` is 1. Softmax of the log-weights stays finite for tiny sigma."""
+        return torch.softmax(-(distance**2) / (2 * self.sigma**2), dim=1)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, sigma={self.sigma:g}"
