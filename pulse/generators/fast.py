@@ -58,6 +58,7 @@ from pulse.generators.stylegan import (
     StyleGANGenerator,
     UpsamplingBlock,
     fused_upsample_conv,
+    transposed_upsample_kernel,
 )
 
 log = logging.getLogger(__name__)
@@ -479,7 +480,7 @@ class _FastLayer(nn.Module):
         scale, shift = self.styles(dlatent)
         if self.spec.kind == "up_ref":
             # Bias after the blur, as in the reference; the convolutions' backward is autograd's.
-            x = reference_upsample(x, self.weight, self.spec.fused) + self.bias.view(1, -1, 1, 1)
+            x = _blur(F.conv_transpose2d(x, self.weight, stride=2, padding=1)) + self.bias.view(1, -1, 1, 1)
         return _StyledConv.apply(
             x,
             noise,
@@ -515,8 +516,11 @@ def _layers_from(synthesis: nn.Module) -> list[_FastLayer]:
                 up = block.conv0_up
                 effective = up.scaled_weight()
                 if side < POLYPHASE_MIN_SIDE:
+                    # Nearest x2 then a 3x3 conv equals a stride-2 transposed conv with the flipped kernel
+                    # (the fused variant's identity): 16 taps per input pixel instead of 36 on the upsampled grid.
+                    kernel = transposed_upsample_kernel(effective if fused else effective.flip(-2, -1))
                     spec = _LayerSpec("up_ref", fused=fused)
-                    layers.append(_FastLayer(spec, block.epi1, weight=effective, bias=up.bias, ref_weight=None))
+                    layers.append(_FastLayer(spec, block.epi1, weight=kernel, bias=up.bias, ref_weight=None))
                 else:
                     layers.append(
                         _FastLayer(

@@ -135,9 +135,13 @@ def fused_upsample_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     convolution with the *spatially flipped* 3x3 kernel. The official weights were trained this way
     (TensorFlow's fused path), which is why the non-fused path at >= 128 px would not reproduce them.
     """
+    return F.conv_transpose2d(x, transposed_upsample_kernel(weight), stride=2, padding=1)
+
+
+def transposed_upsample_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """``[out, in, 3, 3] -> [in, out, 4, 4]``: the kernel :func:`fused_upsample_conv` transposes with."""
     kernel = F.pad(weight.transpose(0, 1), (1, 1, 1, 1))  # [in, out, 5, 5]
-    kernel = kernel[:, :, 1:, 1:] + kernel[:, :, :-1, 1:] + kernel[:, :, 1:, :-1] + kernel[:, :, :-1, :-1]
-    return F.conv_transpose2d(x, kernel, stride=2, padding=1)
+    return kernel[:, :, 1:, 1:] + kernel[:, :, :-1, 1:] + kernel[:, :, 1:, :-1] + kernel[:, :, :-1, :-1]
 
 
 class UpsampleConv2d(EqualizedConv2d):
