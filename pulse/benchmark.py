@@ -2,10 +2,11 @@
 
 One measurement times real :meth:`pulse.solver.PulseSolver.solve` steps (forward synthesis,
 downscale, loss, backward, spherical Adam step and the per-sample bookkeeping): the solver's
-callback stamps the clock after every step, the first ``warmup`` steps are discarded, the median of the
-timed steps is reported, and on CUDA the device is synchronised before each stamp. Both paths search the
-same inputs from the same seeds, so their best images are also compared (``max_abs_diff_hr``), as is one
-forward pass of the generators on identical inputs (``max_abs_diff_image``, raw generator output).
+callback stamps the clock after every step, the first ``warmup`` steps are discarded, the median of
+the timed steps is reported (pooled over ``rounds`` alternating measurements), and on CUDA the device
+is synchronised before each stamp. Both paths search the same inputs from the same seeds, so their
+best images are also compared (``max_abs_diff_hr``), as is one forward pass of the generators on
+identical inputs (``max_abs_diff_image``, raw generator output).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA (reset per measurement). On the CPU it is
 the process's peak resident set size (``getrusage``), which cannot be reset: it is a high-water mark
@@ -80,6 +81,7 @@ class BenchmarkReport:
     environment: dict[str, Any]
     peak_memory_note: str
     max_abs_diff_image: float | None
+    rounds: int = 1
     results: list[BatchResult] = field(default_factory=list)
 
 
@@ -91,21 +93,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new CUDA peak; a no-op on the CPU, where the process peak cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def time_search(
     generator: Generator,
     lr_images: torch.Tensor,
     warmup: int,
     steps: int,
     seed: int = 0,
-) -> tuple[Timing, torch.Tensor]:
-    """Median seconds per solver step over ``steps`` steps after ``warmup`` untimed ones.
+) -> tuple[list[float], torch.Tensor]:
+    """Seconds of each of ``steps`` solver steps after ``warmup`` untimed ones.
 
     Args:
         generator: the generator searched (on its device).
         lr_images: ``[B, 3, h, w]`` targets in [0, 1]; ``B`` is the batch measured.
 
     Returns:
-        The timing and the search's best images ``[B, 3, R, R]`` (on the CPU).
+        The step durations and the search's best images ``[B, 3, R, R]`` (on the CPU).
     """
     if warmup < 1 or steps < 1:
         raise ValueError(f"need warmup >= 1 and steps >= 1, got {warmup} and {steps}")
@@ -121,20 +130,22 @@ def time_search(
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     result = PulseSolver(generator, settings=settings).solve(lr_images.to(device), callback=stamp)
-    # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it. The median step, not the
-    # mean: on a shared CPU one step stalled by another process would otherwise decide the ratio.
-    per_step = statistics.median(b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True))
-    batch = lr_images.shape[0]
-    timing = Timing(
+    # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it.
+    return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)], result.hr
+
+
+def summarise_steps(durations: Sequence[float], batch: int, peak_mb: float) -> Timing:
+    """The median step of ``durations`` as a :class:`Timing`: on a shared CPU one step stalled by another
+    process, or one round disturbed by the other path's memory state, would otherwise decide the ratio."""
+    per_step = statistics.median(durations)
+    return Timing(
         s_per_step=per_step,
         steps_per_s=1.0 / per_step,
         images_per_min=60.0 * batch / per_step,
-        peak_memory_mb=peak_memory_mb(device),
-        timed_steps=steps,
+        peak_memory_mb=peak_mb,
+        timed_steps=len(durations),
     )
-    return timing, result.hr
 
 
 @torch.no_grad()
@@ -176,6 +187,7 @@ def run_benchmark(
     fast_unavailable: str | None = None,
     options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    rounds: int = 1,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
 
@@ -184,7 +196,10 @@ def run_benchmark(
         make_fast: builds the fast path from ``eager``; ``None`` when there is none (then
             ``fast_unavailable`` says why and the fast fields are ``None``).
         lr_side: side of the random low-resolution targets (must divide the resolution).
+        rounds: measurements per path, alternating fast and eager; the median step over all of them.
     """
+    if rounds < 1:
+        raise ValueError(f"need rounds >= 1, got {rounds}")
     device = next(iter((*eager.parameters(), *eager.buffers()))).device  # type: ignore[attr-defined]
     fast = make_fast(eager) if make_fast is not None else None
     report = BenchmarkReport(
@@ -199,15 +214,35 @@ def run_benchmark(
         environment=environment(device),
         peak_memory_note=PEAK_MEMORY_NOTES[device.type if device.type in PEAK_MEMORY_NOTES else "cpu"],
         max_abs_diff_image=image_difference(eager, fast) if fast is not None else None,
+        rounds=rounds,
     )
     for batch in batches:
         targets = torch.rand(batch, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batch))
-        fast_timing = fast_hr = None
-        if fast is not None:  # first: on the CPU only the first measurement's peak memory is its own
-            log(f"batch {batch}: fast ...")
-            fast_timing, fast_hr = time_search(fast, targets, warmup, steps)
-        log(f"batch {batch}: eager ...")
-        eager_timing, eager_hr = time_search(eager, targets, warmup, steps)
+        fast_steps: list[float] = []
+        eager_steps: list[float] = []
+        fast_hr = eager_hr = None
+        fast_peak = eager_peak = 0.0
+        # Rounds alternate fast, eager, fast, eager, ...: each path's timing depends on the memory state the
+        # other left behind, so several rounds pool both orders. On the CPU only the first measurement's
+        # peak memory is its own (the fast path's, measured first).
+        for round_index in range(rounds):
+            suffix = f" (round {round_index + 1}/{rounds})" if rounds > 1 else ""
+            if fast is not None:
+                log(f"batch {batch}: fast{suffix} ...")
+                reset_peak_memory(device)
+                durations, hr = time_search(fast, targets, warmup, steps)
+                fast_steps += durations
+                fast_hr = hr if fast_hr is None else fast_hr
+                if round_index == 0 or device.type == "cuda":
+                    fast_peak = max(fast_peak, peak_memory_mb(device))
+            log(f"batch {batch}: eager{suffix} ...")
+            reset_peak_memory(device)
+            durations, hr = time_search(eager, targets, warmup, steps)
+            eager_steps += durations
+            eager_hr = hr if eager_hr is None else eager_hr
+            eager_peak = max(eager_peak, peak_memory_mb(device))
+        fast_timing = summarise_steps(fast_steps, batch, fast_peak) if fast is not None else None
+        eager_timing = summarise_steps(eager_steps, batch, eager_peak)
         report.results.append(
             BatchResult(
                 batch=batch,
@@ -230,7 +265,8 @@ def format_report(report: BenchmarkReport) -> str:
     env = report.environment
     lines = [
         f"{report.generator} {report.resolution}px (targets {report.lr_side}px), {report.device}, {report.dtype}, "
-        f"{report.warmup} warm-up + {report.steps} timed steps, torch {env['torch']}, {env['cpu_threads']} threads, "
+        f"{report.rounds} x ({report.warmup} warm-up + {report.steps} timed steps) per path, "
+        f"torch {env['torch']}, {env['cpu_threads']} threads, "
         f"load average {env['load_average']}",
         f"options: {report.options}",
         f"max |fast - eager| of one generator output: {num(report.max_abs_diff_image, '.3g')}",

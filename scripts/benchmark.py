@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=_batches, default=[1], help="comma-separated batch sizes, e.g. 1,4,8")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="measurements per path, alternating fast and eager (median over all)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile (falls back if it fails)")
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
@@ -68,9 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.resolution, args.fmap_base, args.fmap_max = 32, 256, 32
-        args.batch, args.steps, args.warmup = [1, 2], 1, 1
-    if args.steps < 1 or args.warmup < 1:
-        parser.error(f"--steps and --warmup must be >= 1, got {args.steps} and {args.warmup}")
+        args.batch, args.steps, args.warmup, args.rounds = [1, 2], 1, 1, 1
+    if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
+        parser.error(f"--steps, --warmup and --rounds must be >= 1, got {args.steps}, {args.warmup}, {args.rounds}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     return args
@@ -125,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
             "cpu_allocator_tuned": tuned,
         },
         log=lambda message: print(message, file=sys.stderr, flush=True),
+        rounds=args.rounds,
     )
     print(format_report(report))
     if args.json is not None:

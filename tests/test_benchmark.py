@@ -49,7 +49,7 @@ def test_quick_run_writes_consistent_json(script, tmp_path, capsys):
 
 def test_generator_without_fast_path_reports_null_and_why(script, tmp_path, capsys):
     path = tmp_path / "dcgan.json"
-    script.main(["--generator", "dcgan", "--batch", "1", "--steps", "1", "--json", str(path)])
+    script.main(["--generator", "dcgan", "--batch", "1", "--steps", "1", "--rounds", "1", "--json", str(path)])
     row = json.loads(path.read_text())["results"][0]
     assert row["fast"] is None and row["speedup"] is None and row["max_abs_diff_hr"] is None
     assert "StyleGAN only" in row["fast_unavailable"]
@@ -63,4 +63,18 @@ def test_bad_arguments_are_named(script, capsys):
     assert "comma-separated integers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.parse_args(["--steps", "0"])
-    assert "--steps and --warmup must be >= 1" in capsys.readouterr().err
+    assert "--steps, --warmup and --rounds must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--rounds", "0"])
+    assert "got 3, 1, 0" in capsys.readouterr().err
+
+
+def test_rounds_pool_alternating_measurements_of_both_paths(script, tmp_path):
+    path = tmp_path / "rounds.json"
+    tiny = ["--resolution", "32", "--fmap-base", "256", "--fmap-max", "32", "--batch", "1", "--warmup", "1"]
+    script.main([*tiny, "--rounds", "2", "--steps", "2", "--no-allocator-tuning", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert report["rounds"] == 2
+    for row in report["results"]:
+        assert row["eager"]["timed_steps"] == 4 and row["fast"]["timed_steps"] == 4
+        assert math.isclose(row["speedup"], row["fast"]["steps_per_s"] / row["eager"]["steps_per_s"])
