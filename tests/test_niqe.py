@@ -383,3 +383,23 @@ def test_metric_notes_missing_ground_truth():
     values = NIQEMetric()(fake_result(sr, [0], [0], factor=8), [Problem("a", sr[0, :, ::8, ::8], None)])
     assert torch.isfinite(values.values["niqe"]).all() and "niqe_hr" not in values.values
     assert "no ground truth" in values.notes["niqe_hr"]
+
+
+def test_torchmetrics_niqe_aggregates_batches_and_counts_unscorable_images():
+    from pulse.metrics import NIQE
+
+    astronaut = to_tensor(IMAGES["astronaut"]()).float()  # [1, 3, 384, 512]
+    top, bottom = astronaut[..., :192, :384], astronaut[..., 192:, :384]
+    noise = torch.rand(1, 3, 192, 384, generator=torch.Generator().manual_seed(0))
+    metric = NIQE()
+    metric.update(top)
+    metric.update(torch.cat([bottom, noise]))
+    metric.update(torch.rand(2, 3, 64, 64))  # too small: counted, not averaged
+    scores = torch.cat([niqe(top), niqe(bottom), niqe(noise)])
+    out = metric.compute()
+    assert int(out["count"]) == 3 and int(out["unscored"]) == 2
+    assert float(out["mean"]) == pytest.approx(float(scores.mean()), abs=1e-9)
+    assert float(out["std"]) == pytest.approx(float(scores.std()), abs=1e-9)
+    with pytest.warns(UserWarning, match="before the ``update`` method"):  # torchmetrics' own warning
+        empty = NIQE().compute()
+    assert math.isnan(float(empty["mean"])) and int(empty["count"]) == 0

@@ -10,7 +10,7 @@ from pulse.metrics.base import MetricValues, RunMetric
 from pulse.metrics.diversity import Diversity, mean_pairwise, pixel_mse
 from pulse.metrics.fidelity import GroundTruthFidelity, downscale_error, psnr, ssim
 from pulse.metrics.lpips import LPIPSMetric, LPIPSUnavailable, load_lpips, lpips_available, lpips_distance
-from pulse.metrics.niqe import NIQEMetric, NIQEScore, niqe, niqe_scores
+from pulse.metrics.niqe import NIQE, NIQEMetric, NIQEScore, niqe, niqe_scores
 
 __all__ = [
     "Diversity",
@@ -18,6 +18,7 @@ __all__ = [
     "LPIPSMetric",
     "LPIPSUnavailable",
     "MetricValues",
+    "NIQE",
     "NIQEMetric",
     "NIQEScore",
     "RunMetric",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchmetrics
 
 from pulse.data import Problem
 from pulse.downscale import keys_cubic
@@ -506,3 +507,42 @@ def _first_of_each(input_index: torch.Tensor, known: torch.Tensor) -> tuple[torc
     inputs = input_index[known].unique()
     first = torch.stack([torch.nonzero(input_index == i)[0, 0] for i in inputs])
     return inputs, first
+
+
+class NIQE(torchmetrics.Metric):
+    """torchmetrics-style NIQE over batches: ``update(images [B, 3 or 1, H, W] in [0, 1])``, then ``compute()``.
+
+    ``compute`` returns ``{"mean", "std", "count", "unscored"}`` (float64 / long tensors) over every scored
+    image; images below 192 px are counted in ``unscored``, never averaged in (mean and std are NaN when
+    nothing could be scored).
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, convention: str = "gray", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown NIQE colour convention {convention!r}; valid: {sorted(CONVENTIONS)}")
+        self.convention = convention
+        for name in ("total", "total_sq"):
+            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("count", "unscored"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, images: torch.Tensor) -> None:
+        """Score one batch and add it to the running sums."""
+        scores = niqe(images, self.convention).to(self.total.device)
+        finite = torch.isfinite(scores)
+        self.total += scores[finite].sum()
+        self.total_sq += scores[finite].square().sum()
+        self.count += int(finite.sum())
+        self.unscored += int((~finite).sum())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=self.total.device)
+        mean = self.total / self.count if self.count > 0 else nan
+        # Sample standard deviation, like the tables (n - 1); NaN below two scores.
+        var = (self.total_sq - self.count * mean.square()) / (self.count - 1) if self.count > 1 else nan
+        return {"mean": mean, "std": var.clamp(min=0).sqrt(), "count": self.count, "unscored": self.unscored}
