@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from pulse.data import to_uint8
 from pulse.downscale import BicubicDownscale, check_factor
 
 PADDING_MODES = ("ffhq", "reflect", "black")
@@ -249,11 +250,6 @@ class AlignedFace:
     hr: torch.Tensor
     lr: torch.Tensor | None
     quad: np.ndarray
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8 (rounded)."""
-    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
 
 
 def align_image(

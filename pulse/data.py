@@ -85,11 +85,16 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
 
 
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8 (rounded), as written to PNG."""
+    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+
+
 def save_image(image: torch.Tensor, path: str | Path) -> None:
     """Write ``[3, H, W]`` in [0, 1] as an 8-bit PNG, atomically (a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    array = to_uint8(image)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     Image.fromarray(array).save(tmp)
     tmp.replace(path)

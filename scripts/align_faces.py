@@ -31,9 +31,8 @@ from pulse.align import (
     align_image,
     lookup_landmarks,
     read_landmarks_file,
-    to_uint8,
 )
-from pulse.data import IMAGE_SUFFIXES, ImageError, image_files, load_image, save_image
+from pulse.data import IMAGE_SUFFIXES, ImageError, image_files, load_image, save_image, to_uint8
 from pulse.downscale import check_factor
 
 
