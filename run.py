@@ -21,7 +21,7 @@ from pulse.generators.base import check_generator
 from pulse.ilo import ILOSettings, ILOSolver
 from pulse.outputs import RunSummary
 from pulse.runner import run_search
-from pulse.runtime import tune_cpu_allocator
+from pulse.runtime import set_tf32, tune_cpu_allocator
 from pulse.solver import PulseSolver, SearchSettings
 
 log = logging.getLogger("pulse")
@@ -81,6 +81,7 @@ def run(cfg: DictConfig) -> RunSummary:
     """Run PULSE as configured; returns the run's summary (also written to ``out_dir/summary.json``)."""
     if cfg.get("tune_cpu_allocator", True):
         tune_cpu_allocator()  # large CPU feature maps reuse freed memory instead of page-faulting anew
+    set_tf32(bool(cfg.get("tf32", False)))  # torch's default lets cuDNN convolutions round to TF32
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):

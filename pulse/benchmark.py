@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from pulse.generators.base import Generator
+from pulse.runtime import tf32
 from pulse.solver import PulseSolver, SearchSettings, StepInfo
 
 HR_DIFFERENCE_NOTE = (
@@ -149,17 +150,24 @@ def summarise_steps(durations: Sequence[float], batch: int, peak_mb: float) -> T
 
 
 @torch.no_grad()
-def image_difference(eager: Generator, fast: Generator, batch: int = 1, seed: int = 0) -> float:
-    """Max abs difference of the two generators' raw outputs on one random latent and noise draw."""
-    device = next(iter((*eager.parameters(), *eager.buffers()))).device  # type: ignore[attr-defined]
+def generator_output(generator: Generator, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """Raw output ``[batch, 3, R, R]`` for one seeded latent (on the sphere) and noise draw."""
+    device = next(iter((*generator.parameters(), *generator.buffers()))).device  # type: ignore[attr-defined]
     rng = torch.Generator().manual_seed(seed)
-    latent = torch.randn(batch, eager.num_latents, eager.latent_dim, generator=rng)
-    latent = latent / latent.norm(dim=-1, keepdim=True) * math.sqrt(eager.latent_dim)
-    noise = [torch.randn(batch, *shape, generator=rng).to(device) for shape in eager.noise_shapes]
-    latent = latent.to(device)
-    a = eager.synthesize(eager.to_style(latent), noise)
-    b = fast.synthesize(fast.to_style(latent), noise)
-    return (a - b).abs().max().item()
+    latent = torch.randn(batch, generator.num_latents, generator.latent_dim, generator=rng)
+    latent = latent / latent.norm(dim=-1, keepdim=True) * math.sqrt(generator.latent_dim)
+    noise = [torch.randn(batch, *shape, generator=rng).to(device) for shape in generator.noise_shapes]
+    return generator.synthesize(generator.to_style(latent.to(device)), noise)
+
+
+def image_difference(
+    eager: Generator, fast: Generator, batch: int = 1, seed: int = 0, fast_tf32: bool = False
+) -> float:
+    """Max abs difference of the two generators' raw outputs on the same inputs (eager in float32)."""
+    with tf32(False):
+        reference = generator_output(eager, batch, seed)
+    with tf32(fast_tf32):
+        return (reference - generator_output(fast, batch, seed)).abs().max().item()
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -188,6 +196,7 @@ def run_benchmark(
     options: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     rounds: int = 1,
+    fast_tf32: bool = False,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
 
@@ -197,6 +206,8 @@ def run_benchmark(
             ``fast_unavailable`` says why and the fast fields are ``None``).
         lr_side: side of the random low-resolution targets (must divide the resolution).
         rounds: measurements per path, alternating fast and eager; the median step over all of them.
+        fast_tf32: let the fast path use TF32 on CUDA (:func:`pulse.runtime.set_tf32`); the eager path
+            always runs float32, so the ratio then includes the precision change.
     """
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
@@ -213,7 +224,7 @@ def run_benchmark(
         options=dict(options or {}),
         environment=environment(device),
         peak_memory_note=PEAK_MEMORY_NOTES[device.type if device.type in PEAK_MEMORY_NOTES else "cpu"],
-        max_abs_diff_image=image_difference(eager, fast) if fast is not None else None,
+        max_abs_diff_image=image_difference(eager, fast, fast_tf32=fast_tf32) if fast is not None else None,
         rounds=rounds,
     )
     for batch in batches:
@@ -230,14 +241,16 @@ def run_benchmark(
             if fast is not None:
                 log(f"batch {batch}: fast{suffix} ...")
                 reset_peak_memory(device)
-                durations, hr = time_search(fast, targets, warmup, steps)
+                with tf32(fast_tf32):
+                    durations, hr = time_search(fast, targets, warmup, steps)
                 fast_steps += durations
                 fast_hr = hr if fast_hr is None else fast_hr
                 if round_index == 0 or device.type == "cuda":
                     fast_peak = max(fast_peak, peak_memory_mb(device))
             log(f"batch {batch}: eager{suffix} ...")
             reset_peak_memory(device)
-            durations, hr = time_search(eager, targets, warmup, steps)
+            with tf32(False):
+                durations, hr = time_search(eager, targets, warmup, steps)
             eager_steps += durations
             eager_hr = hr if eager_hr is None else eager_hr
             eager_peak = max(eager_peak, peak_memory_mb(device))

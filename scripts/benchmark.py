@@ -57,6 +57,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile (falls back if it fails)")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="CUDA: let the fast path use TF32 tensor cores (the eager path stays float32); no effect on the CPU",
+    )
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--pretrained", action="store_true", help="official FFHQ weights from the cache (1024 px)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -126,9 +131,11 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
             "channels_last": args.channels_last,
             "quick": args.quick,
             "cpu_allocator_tuned": tuned,
+            "fast_tf32": args.tf32,
         },
         log=lambda message: print(message, file=sys.stderr, flush=True),
         rounds=args.rounds,
+        fast_tf32=args.tf32,
     )
     print(format_report(report))
     if args.json is not None:

@@ -31,7 +31,13 @@ def test_quick_run_writes_consistent_json(script, tmp_path, capsys):
     script.main(["--quick", "--no-allocator-tuning", "--json", str(path)])
     report = json.loads(path.read_text())
     assert report["resolution"] == 32 and report["device"] == "cpu" and report["lr_side"] == 8
-    assert report["options"] == {"compile": False, "channels_last": "auto", "quick": True, "cpu_allocator_tuned": False}
+    assert report["options"] == {
+        "compile": False,
+        "channels_last": "auto",
+        "quick": True,
+        "cpu_allocator_tuned": False,
+        "fast_tf32": False,
+    }
     assert report["environment"]["torch"] and "load_average" in report["environment"]
     assert "ru_maxrss" in report["peak_memory_note"]
     assert 0 <= report["max_abs_diff_image"] < 1e-4

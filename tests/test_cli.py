@@ -94,6 +94,17 @@ def test_run_writes_results(tmp_path):
     assert len(list((tmp_path / "sr").glob("*.png"))) == 2 and (tmp_path / "grid.png").is_file()
 
 
+def test_runs_are_float32_on_gpus_unless_tf32_is_asked_for(tmp_path, monkeypatch):
+    # torch's own default lets cuDNN convolutions use TF32; run.py must switch it off (and on when asked).
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    base = ("solver.steps=1", "data.num=1", "data.factors=[8]", "progress=false")
+    cli.run(make_cfg(*base, f"out_dir={tmp_path / 'fp32'}"))
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    cli.run(make_cfg(*base, "tf32=true", f"out_dir={tmp_path / 'tf32'}"))
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def test_stylegan_ffhq_without_weights_fails_clearly(tmp_path, monkeypatch):
     cfg = make_cfg("generator=stylegan_ffhq", f"generator.cache_dir={tmp_path}")
     # Hydra wraps the error; the message must still name the file, the folder and the fix.

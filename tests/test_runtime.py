@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from pulse.runtime import tune_cpu_allocator
+from pulse.runtime import set_tf32, tf32, tune_cpu_allocator
 
 
 def _is_glibc() -> bool:
@@ -39,7 +39,7 @@ def fill():
     block = torch.empty(16 << 20)  # 64 MiB: above glibc's largest mmap threshold (32 MiB)
     block.fill_(1.0)
     return float(block[-1])
-for _ in range(6):  # glibc's aligned allocations settle into a reusable free chunk after a few rounds
+for _ in range(16):  # glibc's aligned allocations settle into a reusable free chunk within 4-9 rounds
     fill()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
@@ -61,3 +61,20 @@ def test_tuning_reuses_blocks_above_the_mmap_threshold():
     assert page_faults("default") >= 2 * pages_per_block
     # Tuned, the freed block is reused from the heap: (almost) no new faults.
     assert page_faults("tuned") < pages_per_block // 4
+
+
+def test_tf32_switches_both_cuda_flags_and_the_context_restores_them():
+    import torch
+
+    flags = lambda: (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)  # noqa: E731
+    saved = flags()
+    try:
+        set_tf32(True)
+        assert flags() == (True, True)
+        with tf32(False):
+            assert flags() == (False, False)
+        assert flags() == (True, True)
+        set_tf32(False)
+        assert flags() == (False, False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
