@@ -84,6 +84,42 @@ class BenchmarkReport:
     max_abs_diff_image: float | None
     rounds: int = 1
     results: list[BatchResult] = field(default_factory=list)
+    profile: dict[str, StepProfile] | None = None
+
+
+@dataclass
+class StepProfile:
+    """Where one profiled CPU solver step of a path went (first batch size, after one warm-up step).
+
+    ``convolution_s`` sums the profiler's self time of every operator named ``*conv*`` (forward,
+    transposed and backward convolutions); ``ceiling`` is the eager step divided by this path's
+    convolution time: the largest fast/eager ratio possible if everything but the convolutions took
+    no time, i.e. without fewer (or faster) convolution FLOPs.
+    """
+
+    step_s: float
+    convolution_s: float
+    convolution_share: float
+    ceiling: float | None = None
+
+
+def profile_step(generator: Generator, lr_images: torch.Tensor, seed: int = 0) -> StepProfile:
+    """Profile the second step of a two-step CPU search of ``lr_images`` (the first one warms up)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    profiler = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=1, repeat=1))
+    stamps: list[float] = []
+
+    def advance(info: StepInfo) -> None:
+        stamps.append(time.perf_counter())
+        profiler.step()
+
+    settings = SearchSettings(steps=2, bad_noise_layers=(), seed=seed)
+    with profiler:
+        PulseSolver(generator, settings=settings).solve(lr_images, callback=advance)
+    convolution_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if "conv" in event.key)
+    step = stamps[1] - stamps[0]
+    return StepProfile(step_s=step, convolution_s=convolution_us / 1e6, convolution_share=convolution_us / 1e6 / step)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -197,6 +233,7 @@ def run_benchmark(
     log: Callable[[str], None] = print,
     rounds: int = 1,
     fast_tf32: bool = False,
+    profile: bool = False,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
 
@@ -208,10 +245,14 @@ def run_benchmark(
         rounds: measurements per path, alternating fast and eager; the median step over all of them.
         fast_tf32: let the fast path use TF32 on CUDA (:func:`pulse.runtime.set_tf32`); the eager path
             always runs float32, so the ratio then includes the precision change.
+        profile: CPU only: also profile one step of each path at the first batch size
+            (:class:`StepProfile`, in ``report.profile``).
     """
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
     device = next(iter((*eager.parameters(), *eager.buffers()))).device  # type: ignore[attr-defined]
+    if profile and device.type != "cpu":
+        raise ValueError("profile=True measures CPU operator time; it is not available on " + device.type)
     fast = make_fast(eager) if make_fast is not None else None
     report = BenchmarkReport(
         generator=generator_name,
@@ -266,6 +307,14 @@ def run_benchmark(
                 fast_unavailable=None if fast is not None else fast_unavailable,
             )
         )
+    if profile:
+        targets = torch.rand(batches[0], 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batches[0]))
+        log(f"batch {batches[0]}: profiling one step of each path ...")
+        report.profile = {"eager": profile_step(eager, targets)}
+        if fast is not None:
+            report.profile["fast"] = profile_step(fast, targets)
+        for measured in report.profile.values():
+            measured.ceiling = report.profile["eager"].step_s / measured.convolution_s
     return report
 
 
@@ -297,6 +346,13 @@ def format_report(report: BenchmarkReport) -> str:
             )
         if row.fast_unavailable:
             lines.append(f"      fast path unavailable: {row.fast_unavailable}")
+    for name, measured in (report.profile or {}).items():
+        lines.append(
+            f"profile ({name}, batch {report.results[0].batch}, one step): {measured.step_s:.3f} s, convolutions "
+            f"{measured.convolution_s:.3f} s ({100 * measured.convolution_share:.0f}%); eager step / these "
+            f"convolutions = {measured.ceiling:.2f}x (the most this path could gain over eager without cheaper "
+            "convolutions)"
+        )
     lines.append(f"peak memory: {report.peak_memory_note}")
     if any(row.max_abs_diff_hr is not None for row in report.results):
         lines.append(HR_DIFFERENCE_NOTE)

@@ -62,6 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="CUDA: let the fast path use TF32 tensor cores (the eager path stays float32); no effect on the CPU",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU: also profile one step per path and report the time spent in convolutions",
+    )
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--pretrained", action="store_true", help="official FFHQ weights from the cache (1024 px)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -79,6 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.batch, args.steps, args.warmup, args.rounds = [1, 2], 1, 1, 1
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
         parser.error(f"--steps, --warmup and --rounds must be >= 1, got {args.steps}, {args.warmup}, {args.rounds}")
+    if args.profile and args.device != "cpu":
+        parser.error("--profile measures CPU operator time; it is not available with --device cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     return args
@@ -136,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
         log=lambda message: print(message, file=sys.stderr, flush=True),
         rounds=args.rounds,
         fast_tf32=args.tf32,
+        profile=args.profile,
     )
     print(format_report(report))
     if args.json is not None:

@@ -84,3 +84,18 @@ def test_rounds_pool_alternating_measurements_of_both_paths(script, tmp_path):
     for row in report["results"]:
         assert row["eager"]["timed_steps"] == 4 and row["fast"]["timed_steps"] == 4
         assert math.isclose(row["speedup"], row["fast"]["steps_per_s"] / row["eager"]["steps_per_s"])
+
+
+def test_profile_reports_convolution_time_and_the_ceiling_it_implies(script, tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    script.main(["--quick", "--profile", "--no-allocator-tuning", "--json", str(path)])
+    profile = json.loads(path.read_text())["profile"]
+    assert set(profile) == {"eager", "fast"}
+    for measured in profile.values():
+        assert 0 < measured["convolution_s"] < measured["step_s"]
+        assert math.isclose(measured["convolution_share"], measured["convolution_s"] / measured["step_s"])
+        assert math.isclose(measured["ceiling"], profile["eager"]["step_s"] / measured["convolution_s"])
+    assert "profile (fast, batch 1, one step)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.parse_args(["--profile", "--device", "cuda"])
+    assert "--profile measures CPU operator time" in capsys.readouterr().err
