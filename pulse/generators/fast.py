@@ -28,11 +28,13 @@ computes the same function (fp32 results within float rounding of the faithful p
   operator's impulse response in float64) and the one-pixel border, where the reference blur sees
   zero padding, recomputed exactly from two-pixel strips. Exact, but measured slower on CPU.
 
-Measured with ``scripts/benchmark.py`` (shared 2-core CPU, 1024 px, random weights, batch 1): 1.9 s
-per solver step against 3.5 s for the faithful port (1.8x) at load average 1.8, and 4x at load 1.7-3.5
-where the faithful port slowed to 7 s (it allocates many full-size temporaries). Outputs are 4e-4
-apart, which is the faithful fp32 port's own distance from a float64 evaluation (3e-4); the fast
-path's distance is the same.
+Measured with ``scripts/benchmark.py`` (2-core CPU, 1024 px, random weights, batch 1, both paths in
+one process): with the allocator tuning of :mod:`pulse.runtime` (the default) 1.16 s per solver step
+against 1.44 s for the faithful port (1.23x); with glibc's defaults 1.50 s against 3.33 s (2.2x), as
+the faithful port's many full-size temporaries are page-faulted anew at every step. Convolutions take
+0.85 s of the fast step (``--profile``), which bounds what fusing the rest can still gain on a CPU.
+Outputs are 4.5e-4 apart, which is the faithful fp32 port's own distance from a float64 evaluation
+(3e-4); the fast path's distance is the same.
 
 The class follows :class:`pulse.generators.base.Generator` (``resolution``, ``num_latents``,
 ``latent_dim``, ``noise_shapes``, ``to_style``, ``synthesize``), so :class:`pulse.solver.PulseSolver`
