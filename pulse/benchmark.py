@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,14 +197,29 @@ def generator_output(generator: Generator, batch: int = 1, seed: int = 0) -> tor
     return generator.synthesize(generator.to_style(latent.to(device)), noise)
 
 
+def precision(device_type: str, allow_tf32: bool = False, autocast_dtype: torch.dtype | None = None) -> ExitStack:
+    """Context for one path's arithmetic: TF32 on or off, and autocast to ``autocast_dtype`` if given."""
+    stack = ExitStack()
+    stack.enter_context(tf32(allow_tf32))
+    if autocast_dtype is not None:
+        stack.enter_context(torch.autocast(device_type=device_type, dtype=autocast_dtype))
+    return stack
+
+
 def image_difference(
-    eager: Generator, fast: Generator, batch: int = 1, seed: int = 0, fast_tf32: bool = False
+    eager: Generator,
+    fast: Generator,
+    batch: int = 1,
+    seed: int = 0,
+    fast_tf32: bool = False,
+    fast_autocast: torch.dtype | None = None,
 ) -> float:
     """Max abs difference of the two generators' raw outputs on the same inputs (eager in float32)."""
-    with tf32(False):
+    device_type = next(iter((*eager.parameters(), *eager.buffers()))).device.type  # type: ignore[attr-defined]
+    with precision(device_type):
         reference = generator_output(eager, batch, seed)
-    with tf32(fast_tf32):
-        return (reference - generator_output(fast, batch, seed)).abs().max().item()
+    with precision(device_type, fast_tf32, fast_autocast):
+        return (reference - generator_output(fast, batch, seed).float()).abs().max().item()
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -233,6 +249,7 @@ def run_benchmark(
     log: Callable[[str], None] = print,
     rounds: int = 1,
     fast_tf32: bool = False,
+    fast_autocast: torch.dtype | None = None,
     profile: bool = False,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
@@ -245,6 +262,8 @@ def run_benchmark(
         rounds: measurements per path, alternating fast and eager; the median step over all of them.
         fast_tf32: let the fast path use TF32 on CUDA (:func:`pulse.runtime.set_tf32`); the eager path
             always runs float32, so the ratio then includes the precision change.
+        fast_autocast: run the fast path's searches under autocast to this dtype (e.g. ``torch.bfloat16``:
+            convolutions in bf16, downscale, loss and normalisation in float32); eager stays float32.
         profile: CPU only: also profile one step of each path at the first batch size
             (:class:`StepProfile`, in ``report.profile``).
     """
@@ -265,7 +284,9 @@ def run_benchmark(
         options=dict(options or {}),
         environment=environment(device),
         peak_memory_note=PEAK_MEMORY_NOTES[device.type if device.type in PEAK_MEMORY_NOTES else "cpu"],
-        max_abs_diff_image=image_difference(eager, fast, fast_tf32=fast_tf32) if fast is not None else None,
+        max_abs_diff_image=(
+            None if fast is None else image_difference(eager, fast, fast_tf32=fast_tf32, fast_autocast=fast_autocast)
+        ),
         rounds=rounds,
     )
     for batch in batches:
@@ -282,7 +303,7 @@ def run_benchmark(
             if fast is not None:
                 log(f"batch {batch}: fast{suffix} ...")
                 reset_peak_memory(device)
-                with tf32(fast_tf32):
+                with precision(device.type, fast_tf32, fast_autocast):
                     durations, hr = time_search(fast, targets, warmup, steps)
                 fast_steps += durations
                 fast_hr = hr if fast_hr is None else fast_hr
@@ -290,7 +311,7 @@ def run_benchmark(
                     fast_peak = max(fast_peak, peak_memory_mb(device))
             log(f"batch {batch}: eager{suffix} ...")
             reset_peak_memory(device)
-            with tf32(False):
+            with precision(device.type):
                 durations, hr = time_search(eager, targets, warmup, steps)
             eager_steps += durations
             eager_hr = hr if eager_hr is None else eager_hr
@@ -310,9 +331,11 @@ def run_benchmark(
     if profile:
         targets = torch.rand(batches[0], 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batches[0]))
         log(f"batch {batches[0]}: profiling one step of each path ...")
-        report.profile = {"eager": profile_step(eager, targets)}
+        with precision(device.type):
+            report.profile = {"eager": profile_step(eager, targets)}
         if fast is not None:
-            report.profile["fast"] = profile_step(fast, targets)
+            with precision(device.type, fast_tf32, fast_autocast):
+                report.profile["fast"] = profile_step(fast, targets)
         for measured in report.profile.values():
             measured.ceiling = report.profile["eager"].step_s / measured.convolution_s
     return report

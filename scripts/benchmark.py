@@ -63,6 +63,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="CUDA: let the fast path use TF32 tensor cores (the eager path stays float32); no effect on the CPU",
     )
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the fast path under bfloat16 autocast (convolutions in bf16; downscale, loss and statistics in "
+        "float32); the eager path stays float32",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="CPU: also profile one step per path and report the time spent in convolutions",
@@ -139,10 +145,12 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
             "quick": args.quick,
             "cpu_allocator_tuned": tuned,
             "fast_tf32": args.tf32,
+            "fast_bf16": args.bf16,
         },
         log=lambda message: print(message, file=sys.stderr, flush=True),
         rounds=args.rounds,
         fast_tf32=args.tf32,
+        fast_autocast=torch.bfloat16 if args.bf16 else None,
         profile=args.profile,
     )
     print(format_report(report))

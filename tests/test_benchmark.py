@@ -37,6 +37,7 @@ def test_quick_run_writes_consistent_json(script, tmp_path, capsys):
         "quick": True,
         "cpu_allocator_tuned": False,
         "fast_tf32": False,
+        "fast_bf16": False,
     }
     assert report["environment"]["torch"] and "load_average" in report["environment"]
     assert "ru_maxrss" in report["peak_memory_note"]
@@ -99,3 +100,14 @@ def test_profile_reports_convolution_time_and_the_ceiling_it_implies(script, tmp
     with pytest.raises(SystemExit):
         script.parse_args(["--profile", "--device", "cuda"])
     assert "--profile measures CPU operator time" in capsys.readouterr().err
+
+
+def test_bf16_runs_the_fast_path_under_autocast_and_reports_its_difference(script, tmp_path):
+    path = tmp_path / "bf16.json"
+    script.main(["--quick", "--bf16", "--no-allocator-tuning", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert report["options"]["fast_bf16"] is True
+    # bf16 convolutions: visibly different from the float32 port, still the same image.
+    assert 1e-3 < report["max_abs_diff_image"] < 0.5
+    for row in report["results"]:
+        _check_timing(row["fast"], row["batch"])

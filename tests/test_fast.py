@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from pulse.generators import fast, stylegan
 from pulse.generators.fast import FastStyleGANGenerator, accelerate
@@ -164,6 +165,48 @@ def test_solver_gives_the_same_results_with_the_fast_generator(small):
     torch.testing.assert_close(quick.hr, eager.hr, atol=1e-4, rtol=0)
     torch.testing.assert_close(quick.best_loss, eager.best_loss, atol=1e-5, rtol=1e-4)
     assert torch.equal(quick.best_step, eager.best_step)
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+class _ConvolutionDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input dtype of every convolution (forward and backward) dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.convolution_backward):
+            self.dtypes.append(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+def test_autocast_runs_the_convolutions_in_its_dtype_and_the_rest_in_float32(small):
+    """Lightning's bf16-mixed wraps the search in autocast; the hand-written layers used to crash there."""
+    latent, noise = _inputs(small, batch=2)
+    quick = accelerate(small)
+    image32, latent_grad32, _ = _forward_backward(quick, latent, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16), _ConvolutionDtypes() as seen:
+        image16, latent_grad16, noise_grads16 = _forward_backward(quick, latent, noise)
+    assert seen.dtypes and set(seen.dtypes) == {torch.bfloat16}
+    # bfloat16 keeps about 3 significant digits: near the float32 result, not equal to it.
+    assert 1e-4 < _rel_error(image16, image32) < 0.05
+    assert _rel_error(latent_grad16, latent_grad32) < 0.1
+    assert all(torch.isfinite(g).all() for g in noise_grads16)
+
+
+def test_solver_under_autocast_with_the_fast_generator(small):
+    latent, noise = _inputs(small, batch=2, seed=3)
+    with torch.no_grad():
+        lr = torch.nn.functional.avg_pool2d((small.synthesize(small.to_style(latent), noise) + 1) / 2, 4).clamp(0, 1)
+    settings = SearchSettings(steps=5, bad_noise_layers=[7])
+    full = PulseSolver(accelerate(small), settings=settings).solve(lr)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = PulseSolver(accelerate(small), settings=settings).solve(lr)
+    assert mixed.hr.dtype == torch.float32 and torch.isfinite(mixed.downscale_error).all()
+    torch.testing.assert_close(mixed.downscale_error, full.downscale_error, atol=5e-3, rtol=0.2)
 
 
 # ---------------------------------------------------------------- early stop (pulse.solver)

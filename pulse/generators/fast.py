@@ -20,6 +20,10 @@ computes the same function (fp32 results within float rounding of the faithful p
   reductions.
 - **toRGB folded into the last layer**: the 1x1 toRGB convolution is linear per pixel, so it absorbs
   the last layer's affine map and the normalised 16-channel image is never materialised.
+- **Mixed precision under autocast** (Lightning's ``bf16-mixed``, ``scripts/benchmark.py --bf16``): the
+  convolutions run in autocast's dtype; noise, activation, statistics, style and the backward's
+  reductions stay float32, and autocast is switched off inside so it cannot recast the hand-written
+  layers (it made oneDNN fail on mixed-dtype convolutions before). Polyphase layers stay float32.
 - ``channels_last`` memory (default on CPU), with the kernels stored in that layout too so oneDNN
   does not reorder them on every call, and optional ``torch.compile`` with a logged fallback.
 - Optional **polyphase upsampling** (off by default, see :data:`POLYPHASE_MIN_SIDE`): "x2 upsample,
@@ -297,9 +301,15 @@ class _StyledConv(torch.autograd.Function):
         rgb_weight: torch.Tensor | None,
         rgb_bias: torch.Tensor | None,
         spec: _LayerSpec,
+        compute_dtype: torch.dtype | None,
     ) -> torch.Tensor:
         if spec.kind == "const":
             z = weight.expand(scale.shape[0], -1, -1, -1).clone()  # the constant input (+ its bias)
+        elif spec.kind == "conv" and compute_dtype is not None:
+            # Mixed precision: the convolution in compute_dtype, everything after it in float32. The
+            # low-precision input and kernel are what the backward's convolution needs, so they are saved.
+            x, weight = x.to(compute_dtype), weight.to(compute_dtype)
+            z = F.conv2d(x, weight, padding=1).float().add_(bias.view(1, -1, 1, 1))
         elif spec.kind == "conv":
             z = F.conv2d(x, weight, bias, padding=1)
         elif spec.kind == "up_ref":
@@ -335,6 +345,7 @@ class _StyledConv(torch.autograd.Function):
         ctx.save_for_backward(x, y, mean, rstd, a, noise, noise_weight, weight, ref_weight, rgb_weight)
         ctx.spec = spec
         ctx.noise_shape = noise.shape
+        ctx.compute_dtype = compute_dtype
         return out
 
     @staticmethod
@@ -370,14 +381,16 @@ class _StyledConv(torch.autograd.Function):
                 grad_noise = grad_noise.sum(dim=0, keepdim=True)
         grad_x = None
         if spec.kind != "const" and ctx.needs_input_grad[0]:
-            if spec.kind == "conv":
+            if spec.kind == "conv" and ctx.compute_dtype is not None:
+                grad_x = _conv_input_grad(grad_z.to(ctx.compute_dtype), x, weight).float()
+            elif spec.kind == "conv":
                 grad_x = _conv_input_grad(grad_z, x, weight)
             elif spec.kind == "up_ref":
                 grad_x = grad_z
             else:
                 grad_x = _conv_input_grad(F.pixel_unshuffle(grad_z, 2), x, weight)
                 _border_correction_backward(grad_x, grad_z, x, weight, ref_weight, spec.fused)
-        return grad_x, grad_noise, grad_scale, grad_shift, None, None, None, None, None, None, None
+        return grad_x, grad_noise, grad_scale, grad_shift, None, None, None, None, None, None, None, None
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -478,11 +491,17 @@ class _FastLayer(nn.Module):
         noise: torch.Tensor,
         rgb_weight: torch.Tensor | None = None,
         rgb_bias: torch.Tensor | None = None,
+        compute_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         scale, shift = self.styles(dlatent)
         if self.spec.kind == "up_ref":
             # Bias after the blur, as in the reference; the convolutions' backward is autograd's.
-            x = _blur(F.conv_transpose2d(x, self.weight, stride=2, padding=1)) + self.bias.view(1, -1, 1, 1)
+            if compute_dtype is None:
+                x = _blur(F.conv_transpose2d(x, self.weight, stride=2, padding=1))
+            else:
+                weight = self.weight.to(compute_dtype)
+                x = _blur(F.conv_transpose2d(x.to(compute_dtype), weight, stride=2, padding=1)).float()
+            x = x + self.bias.view(1, -1, 1, 1)
         return _StyledConv.apply(
             x,
             noise,
@@ -495,6 +514,7 @@ class _FastLayer(nn.Module):
             rgb_weight,
             rgb_bias,
             self.spec,
+            compute_dtype if self.spec.kind == "conv" else None,  # polyphase layers stay float32
         )
 
 
@@ -601,13 +621,15 @@ class FastStyleGANGenerator(nn.Module):
         """``[B, L, 512] -> [B, L, 512]``: ``leaky_relu(latent * std + mean, 0.2)``, as the reference."""
         return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
 
-    def _synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _synthesize(
+        self, style: torch.Tensor, noise: Sequence[torch.Tensor], compute_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         channels_last = self.channels_last
         x: torch.Tensor | None = None
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             rgb = (self.rgb_weight, self.rgb_bias) if index == last else (None, None)
-            x = layer(x, style[:, index], noise[index], *rgb)
+            x = layer(x, style[:, index], noise[index], *rgb, compute_dtype=compute_dtype)
             if index == 0 and channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -628,6 +650,12 @@ class FastStyleGANGenerator(nn.Module):
             torch.randn(batch, *shape, device=style.device, dtype=style.dtype) if n is None else n
             for n, shape in zip(noise, self.noise_shapes, strict=True)
         ]
+        compute_dtype = _autocast_dtype(style.device.type)
+        if compute_dtype is not None:
+            # Under autocast (e.g. Lightning's bf16-mixed) the convolutions run in its dtype and the rest in
+            # float32; autocast itself is switched off so it cannot recast inside the hand-written layers.
+            with torch.autocast(device_type=style.device.type, enabled=False):
+                return self._synthesize(style.float(), [m.float() for m in maps], compute_dtype)
         if self.compile and not self._compile_failed:
             try:
                 if self._compiled is None:
@@ -637,6 +665,15 @@ class FastStyleGANGenerator(nn.Module):
                 self._compile_failed = True
                 log.warning("torch.compile unavailable for the fast StyleGAN path (%s); running eager", error)
         return self._synthesize(style, maps)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts convolutions to on ``device_type``, or ``None`` when autocast is off there."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 def accelerate(
