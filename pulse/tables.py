@@ -626,7 +626,7 @@ def plot(table: Table, out_dir: str | Path) -> list[Path]:
             if min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 20:
                 axes.set_xscale("log")
             axes.set(xlabel=key, ylabel=metric, title=f"{metric} vs {key}")
-            if legend:
+            if legend and axes.get_legend_handles_labels()[0]:  # series without any value draw nothing
                 figure.legend(loc="outside right upper", fontsize="small")
             path = out_dir / f"{_safe_name(metric)}_vs_{_safe_name(key)}.png"
             figure.savefig(path, dpi=120)
