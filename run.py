@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pulse.generators.base import check_generator
 from pulse.ilo import ILOSettings, ILOSolver
 from pulse.outputs import RunSummary
-from pulse.runner import run_search
+from pulse.runner import check_batch_size, run_search
 from pulse.runtime import set_tf32, tune_cpu_allocator
 from pulse.solver import PulseSolver, SearchSettings
 
@@ -88,6 +88,7 @@ def run(cfg: DictConfig) -> RunSummary:
         cfg.tags = choice_tags(cfg)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
 
+    check_batch_size(cfg.batch_size)  # before anything is loaded
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     check_multirun_strategy(trainer, multirun, dict(os.environ))
@@ -126,6 +127,7 @@ def run(cfg: DictConfig) -> RunSummary:
             log_steps=cfg.log_steps,
             frames_every=cfg.frame_every if cfg.save_intermediate else 0,
             skipped_inputs=skipped,
+            auto_batch_limit=cfg.get("auto_batch_limit", 64),
         )
     finally:
         finish_wandb()

@@ -12,6 +12,7 @@ stays in :mod:`pulse.solver` and the run folder in :mod:`pulse.outputs`.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from pulse.autobatch import choose_batch_size, describe, solver_step_timer
 from pulse.data import Problem
 from pulse.ilo import ILOSolver
 from pulse.metrics import default_metrics
@@ -201,11 +203,40 @@ def log_run_end(loggers: Sequence[Logger], summary: RunSummary, rows: list[dict[
         logger.finalize("success")
 
 
+def check_batch_size(batch_size: int | str) -> int | str:
+    """A positive integer or ``"auto"``; anything else is refused with the valid forms."""
+    if batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
+        return batch_size
+    raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+
+
+def _probe_batch_size(
+    pl_trainer: pl.Trainer, solver: PulseSolver | ILOSolver, pending: Sequence[Problem], out_dir: Path, limit: int
+) -> int:
+    """``batch_size="auto"`` on the trainer's device and precision (see :mod:`pulse.autobatch`)."""
+    if pl_trainer.world_size > 1:
+        raise ValueError(
+            "batch_size=auto probes one device; with several processes every one must use the same batches: "
+            "set batch_size to a number"
+        )
+    device = pl_trainer.strategy.root_device
+    solver.generator.to(device)
+    lr_side = max(int(p.lr.shape[-1]) for p in pending)
+    timer = solver_step_timer(solver, lr_side, device, context=pl_trainer.precision_plugin.forward_context)
+    chosen, trials = choose_batch_size(timer, limit=max(1, min(limit, len(pending))))  # no larger than the run
+    for trial in trials:
+        speed = "out of memory" if trial.inputs_per_second is None else f"{trial.inputs_per_second:.3g} inputs/s"
+        log.info("batch_size=auto: %d per search: %s", trial.batch, speed)
+    log.info("batch_size=auto: using %d inputs per search on %s", chosen, device)
+    (out_dir / "batch_size.json").write_text(json.dumps(describe(chosen, trials), indent=2) + "\n")
+    return chosen
+
+
 def run_search(
     solver: PulseSolver | ILOSolver,
     problems: Sequence[Problem],
     out_dir: str | Path,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     trainer: Mapping[str, Any] | None = None,
     loggers: Sequence[Logger] = (),
     hparams: Mapping[str, Any] | None = None,
@@ -214,6 +245,7 @@ def run_search(
     log_steps: bool = False,
     frames_every: int = 0,
     skipped_inputs: Mapping[str, str] | None = None,
+    auto_batch_limit: int = 64,
 ) -> RunSummary:
     """Solve every problem not yet finished in ``out_dir`` and write the run folder.
 
@@ -221,7 +253,10 @@ def run_search(
         solver: the configured search.
         problems: all inputs of the run (finished ones are skipped, so a rerun resumes).
         out_dir: the run folder (see :mod:`pulse.outputs`).
-        batch_size: inputs per optimisation (each with ``duplicates`` samples).
+        batch_size: inputs per optimisation (each with ``duplicates`` samples), or ``"auto"``: the size with
+            the most images per second on the run's device and precision, probed with a few real steps at
+            1, 2, 4, ... up to ``auto_batch_limit`` (:mod:`pulse.autobatch`; written to ``batch_size.json``).
+        auto_batch_limit: the largest size ``batch_size="auto"`` tries.
         trainer: ``pl.Trainer`` arguments (``accelerator``, ``devices``, ``precision``, ``strategy``, ...).
         loggers: Lightning loggers (CSV, TensorBoard, W&B, ...).
         hparams: the resolved configuration, sent to the loggers.
@@ -235,6 +270,7 @@ def run_search(
         The summary of all samples in the folder (on every process).
     """
     out_dir = Path(out_dir)
+    batch_size = check_batch_size(batch_size)
     metrics = default_metrics() if metrics is None else list(metrics)
     store = ResultStore(out_dir, metrics=metrics)
     pending = store.pending(problems, solver.settings.duplicates)
@@ -259,6 +295,8 @@ def run_search(
     if hparams:
         for logger in pl_trainer.loggers:
             logger.log_hyperparams(dict(hparams))
+    if pending and batch_size == "auto":
+        batch_size = _probe_batch_size(pl_trainer, solver, pending, out_dir, auto_batch_limit)
     if pending:
         batches = ShardedBatches(
             size_grouped_batches(pending, batch_size), pl_trainer.global_rank, pl_trainer.world_size
