@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from pulse.degradations import degrade, operator_factory
@@ -69,13 +69,14 @@ def load_image(path: str | Path) -> torch.Tensor:
     """Read an image file as ``[3, H, W]`` float32 in [0, 1].
 
     Grayscale is replicated to RGB, transparency composited over black, 16-bit data scaled to [0, 1];
-    unreadable or truncated files raise :class:`ImageError` naming the file.
+    an EXIF orientation tag (phone and camera photos) is applied, so the image is upright as viewers
+    show it; unreadable or truncated files raise :class:`ImageError` naming the file.
     """
     path = Path(path)
     try:
         with Image.open(path) as image:
             image.load()
-            array = _to_rgb_array(image, path)
+            array = _to_rgb_array(ImageOps.exif_transpose(image), path)
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

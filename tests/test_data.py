@@ -82,6 +82,17 @@ def test_save_image_round_trip(tmp_path):
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left behind
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    stored = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)  # 4 rows, 6 columns as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    loaded = load_image(tmp_path / "phone.png")
+    upright = np.rot90(stored, k=-1)  # clockwise
+    assert loaded.shape == (3, 6, 4)
+    assert np.array_equal((loaded.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), upright)
+
+
 def test_generated_faces_are_deterministic_and_realisable(dcgan):
     a = list(GeneratedFaces(dcgan, num=2, factors=[4, 8], seed=5))
     b = list(GeneratedFaces(dcgan, num=2, factors=[4, 8], seed=5))
