@@ -1,6 +1,7 @@
 """StyleGAN2 port: rosinality key layout, FIR filtering, layered synthesis, checkpoint loading (.pt / .pkl)."""
 
 import argparse
+import copy
 import math
 import pickle
 import sys
@@ -18,8 +19,10 @@ from pulse.data import GeneratedFaces
 from pulse.generators.base import Generator, LayeredGenerator, check_generator
 from pulse.generators.stylegan2 import (
     ModulatedConv2d,
+    StyledConv,
     StyleGAN2Generator,
     StyleGAN2Network,
+    ToRGB,
     Upsample,
     config_f_channels,
     load_nvidia_pkl,
@@ -476,7 +479,9 @@ def fake_nvidia_modules(monkeypatch, tmp_path):
     return networks, Persistent, marker
 
 
-def build_nvidia_pickle(network: StyleGAN2Network, networks, persistent, style: str) -> bytes:
+def build_nvidia_pickle(
+    network: StyleGAN2Network, networks, persistent, style: str, conv_clamp=None, odd_clamp_at: str | None = None
+) -> bytes:
     groups = nvidia_tensors(network)
     objects = {}
 
@@ -499,6 +504,8 @@ def build_nvidia_pickle(network: StyleGAN2Network, networks, persistent, style: 
             "_modules": children,
             "_init_kwargs": {"w_dim": 32},
         }
+        if _class_name(path) in ("SynthesisLayer", "ToRGBLayer"):  # stylegan2-ada layers keep conv_clamp
+            state["conv_clamp"] = conv_clamp if path != odd_clamp_at else 1.0
         if style == "persistence":
             objects[path] = persistent(_class_name(path), state)
         else:
@@ -519,6 +526,40 @@ def test_nvidia_pickle_maps_to_the_same_generator(tiny, tmp_path, fake_nvidia_mo
     _same_images(tiny, loaded)
     torch.testing.assert_close(loaded.network.fixed_noise()[-1], tiny.network.fixed_noise()[-1])
     assert not marker.exists()  # the embedded module source was never executed
+
+
+def test_nvidia_conv_clamp_is_read_and_applied(tiny, tmp_path, fake_nvidia_modules):
+    networks, persistent, _ = fake_nvidia_modules
+    path = tmp_path / "ada.pkl"
+    path.write_bytes(build_nvidia_pickle(tiny.network, networks, persistent, "persistence", conv_clamp=0.25))
+    loaded = StyleGAN2Generator.pretrained(path, fit_samples=500, progress=False)
+    assert loaded.network.conv_clamp == 0.25
+    expected = copy.deepcopy(tiny.network)
+    for module in expected.modules():
+        if isinstance(module, (StyledConv, ToRGB)):
+            module.conv_clamp = 0.25
+    largest = []
+    for module in loaded.network.modules():
+        if isinstance(module, StyledConv):
+            module.register_forward_hook(lambda m, args, out: largest.append(out.abs().max().item()))
+    style, noise = tiny.to_style(torch.randn(2, tiny.num_latents, tiny.latent_dim)), tiny.network.fixed_noise()
+    with torch.no_grad():
+        clamped, free = loaded.synthesize(style, noise), tiny.synthesize(style, noise)
+        reference = expected.synthesize(style, noise)
+    assert max(largest) == pytest.approx(0.25)  # the clamp bites in this random network
+    torch.testing.assert_close(clamped, reference)
+    assert (clamped - free).abs().max() > 1e-3
+
+
+def test_nvidia_pickle_with_mixed_conv_clamps_is_refused(tiny, tmp_path, fake_nvidia_modules):
+    networks, persistent, _ = fake_nvidia_modules
+    path = tmp_path / "mixed.pkl"
+    data = build_nvidia_pickle(
+        tiny.network, networks, persistent, "class", conv_clamp=256, odd_clamp_at="synthesis.b8.conv1"
+    )
+    path.write_bytes(data)
+    with pytest.raises(RuntimeError, match="different conv_clamp values"):
+        StyleGAN2Generator.pretrained(path, fit_samples=500, progress=False)
 
 
 def test_nvidia_pickle_with_unknown_tensor_is_refused(tiny, tmp_path, fake_nvidia_modules):

@@ -284,14 +284,23 @@ class ConstantInput(nn.Module):
 class StyledConv(nn.Module):
     """Modulated 3x3 conv -> noise -> bias + leaky ReLU * sqrt(2). ``[B, in, H, W] -> [B, out, H', W']``."""
 
-    def __init__(self, in_channels: int, out_channels: int, style_dim: int, upsample: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        style_dim: int,
+        upsample: bool = False,
+        conv_clamp: float | None = None,
+    ) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, style_dim, upsample=upsample)
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channels)
+        self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+        out = self.activate(self.noise(self.conv(x, style), noise))
+        return out if self.conv_clamp is None else out.clamp(-self.conv_clamp, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
@@ -300,15 +309,20 @@ class ToRGB(nn.Module):
     ``x`` ``[B, C, r, r]``, ``skip`` ``[B, 3, r/2, r/2]`` or None -> ``[B, 3, r, r]``.
     """
 
-    def __init__(self, in_channels: int, style_dim: int, upsample: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, style_dim: int, upsample: bool = True, conv_clamp: float | None = None
+    ) -> None:
         super().__init__()
         if upsample:
             self.upsample = Upsample()
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         out = self.conv(x, style) + self.bias
+        if self.conv_clamp is not None:  # before the skip is added, as in stylegan2-ada-pytorch
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -352,9 +366,14 @@ class StyleGAN2Network(nn.Module):
         channels: ``{side: feature maps}`` for every side 4, 8, ..., R (see :func:`config_f_channels`).
         style_dim: size of z, w and each style row (512 in config-f).
         n_mlp: dense layers in the mapping network (8).
+        conv_clamp: stylegan2-ada-pytorch's ``conv_clamp``: every layer's activations and every toRGB
+            output are clamped to ``[-conv_clamp, conv_clamp]`` (256 in its training configs; ``None``,
+            rosinality's and the original StyleGAN2's behaviour, clamps nothing).
     """
 
-    def __init__(self, channels: dict[int, int], style_dim: int = 512, n_mlp: int = 8) -> None:
+    def __init__(
+        self, channels: dict[int, int], style_dim: int = 512, n_mlp: int = 8, conv_clamp: float | None = None
+    ) -> None:
         super().__init__()
         sides = sorted(channels)
         self.resolution = sides[-1]
@@ -362,16 +381,17 @@ class StyleGAN2Network(nn.Module):
             raise ValueError(f"channels must have one entry per side 4, 8, ..., R; got sides {sides}")
         self.channels = dict(channels)
         self.style_dim = style_dim
+        self.conv_clamp = conv_clamp
         self.style = MappingNetwork(style_dim, n_mlp)
         self.input = ConstantInput(channels[4])
-        self.conv1 = StyledConv(channels[4], channels[4], style_dim)
-        self.to_rgb1 = ToRGB(channels[4], style_dim, upsample=False)
+        self.conv1 = StyledConv(channels[4], channels[4], style_dim, conv_clamp=conv_clamp)
+        self.to_rgb1 = ToRGB(channels[4], style_dim, upsample=False, conv_clamp=conv_clamp)
         self.convs = nn.ModuleList()
         self.to_rgbs = nn.ModuleList()
         for low, high in zip(sides[:-1], sides[1:], strict=True):
-            self.convs.append(StyledConv(channels[low], channels[high], style_dim, upsample=True))
-            self.convs.append(StyledConv(channels[high], channels[high], style_dim))
-            self.to_rgbs.append(ToRGB(channels[high], style_dim))
+            up = StyledConv(channels[low], channels[high], style_dim, upsample=True, conv_clamp=conv_clamp)
+            self.convs.extend([up, StyledConv(channels[high], channels[high], style_dim, conv_clamp=conv_clamp)])
+            self.to_rgbs.append(ToRGB(channels[high], style_dim, conv_clamp=conv_clamp))
         self.noises = nn.Module()  # fixed noise maps of the checkpoint (rosinality's "noises.noise_N")
         for index, shape in enumerate(noise_shapes(self.resolution)):
             self.noises.register_buffer(f"noise_{index}", torch.randn(1, *shape))
@@ -550,18 +570,43 @@ def flatten_module(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def load_nvidia_pkl(path: Path | str | bytes) -> dict[str, torch.Tensor]:
-    """``G_ema``'s tensors from a stylegan2-ada-pytorch network pickle, via the restricted unpickler.
+    """``G_ema``'s tensors from a stylegan2-ada-pytorch network pickle (see :func:`read_nvidia_pkl`)."""
+    return read_nvidia_pkl(path)[0]
+
+
+def read_nvidia_pkl(path: Path | str | bytes) -> tuple[dict[str, torch.Tensor], float | None]:
+    """``G_ema``'s tensors and its ``conv_clamp`` from a stylegan2-ada-pytorch pickle (restricted unpickler).
 
     Raises:
         pickle.UnpicklingError: the pickle names a global outside :func:`nvidia_allowed_globals`.
-        RuntimeError: no ``G_ema`` network in it.
+        RuntimeError: no ``G_ema`` network in it, or layers with different ``conv_clamp`` values.
     """
     data = restricted_load(path, nvidia_allowed_globals())
     network = data.get("G_ema") if isinstance(data, dict) else None
     if network is None:
         found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
         raise RuntimeError(f"{path!r:.200} is not a stylegan2-ada-pytorch network pickle (no 'G_ema'; found {found})")
-    return flatten_module(network)
+    return flatten_module(network), conv_clamp_of(network)
+
+
+def conv_clamp_of(obj: Any) -> float | None:
+    """The ``conv_clamp`` attribute shared by an unpickled network's layers (``None``: absent or unset)."""
+    values: set[float | None] = set()
+
+    def visit(module: Any) -> None:
+        state = _module_state(module)
+        if state is None:
+            return
+        if "conv_clamp" in state:
+            value = state["conv_clamp"]
+            values.add(None if value is None else float(value))
+        for child in (state.get("_modules") or {}).values():
+            visit(child)
+
+    visit(obj)
+    if len(values) > 1:
+        raise RuntimeError(f"layers of the pickle use different conv_clamp values {sorted(map(str, values))}")
+    return values.pop() if values else None
 
 
 # NVIDIA name (after "synthesis.b<r>.<layer>.") -> our name under the matching StyledConv / ToRGB.
@@ -730,7 +775,8 @@ class StyleGAN2Generator(GaussianisedLatent):
             cache_dir: default ``$PULSE_CACHE/stylegan2_ffhq``.
             fit_samples: draws for the Gaussian fit (cached by weights' hash under ``$PULSE_CACHE/gaussian_fit``).
 
-        The architecture (resolution, channels, mapping depth) is read from the tensor shapes.
+        The architecture (resolution, channels, mapping depth) is read from the tensor shapes; an NVIDIA
+        pickle's ``conv_clamp`` (if its layers set one) is applied as there.
 
         Raises:
             FileNotFoundError: no checkpoint there. RuntimeError: unreadable file or layout mismatch.
@@ -738,11 +784,13 @@ class StyleGAN2Generator(GaussianisedLatent):
         """
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "stylegan2_ffhq"
         file = find_checkpoint(Path(path).expanduser() if path is not None else None, folder)
+        conv_clamp = None
         if file.suffix == ".pkl":
-            state, from_nvidia = nvidia_to_rosinality(load_nvidia_pkl(file)), True
+            tensors, conv_clamp = read_nvidia_pkl(file)
+            state, from_nvidia = nvidia_to_rosinality(tensors), True
         else:
             state, from_nvidia = load_rosinality(file), False
-        network = StyleGAN2Network(**infer_architecture(state))
+        network = StyleGAN2Network(**infer_architecture(state), conv_clamp=conv_clamp)
         _load_state(network, state, str(file), fill_kernels=from_nvidia)
         fit = cached_gaussian_fit(network.style, num_samples=fit_samples, seed=0, progress=progress)
         return cls(network, fit)
