@@ -11,8 +11,10 @@ import torch
 import torch.utils._python_dispatch
 
 from pulse.generators import fast, stylegan
+from pulse.generators.base import LayeredGenerator
 from pulse.generators.fast import FastStyleGANGenerator, accelerate
 from pulse.generators.stylegan import StyleGANGenerator
+from pulse.ilo import ILOSettings, ILOSolver
 from pulse.losses import PulseLoss
 from pulse.optim import SphericalOptimizer
 from pulse.solver import PulseSolver, SearchSettings
@@ -165,6 +167,42 @@ def test_solver_gives_the_same_results_with_the_fast_generator(small):
     torch.testing.assert_close(quick.hr, eager.hr, atol=1e-4, rtol=0)
     torch.testing.assert_close(quick.best_loss, eager.best_loss, atol=1e-5, rtol=1e-4)
     assert torch.equal(quick.best_step, eager.best_step)
+
+
+# ---------------------------------------------------------------- layered interface (ILO)
+
+
+def test_layered_interface_matches_the_faithful_port(small):
+    quick = accelerate(small)
+    assert isinstance(quick, LayeredGenerator) and quick.num_blocks == small.num_blocks
+    assert [quick.block_rows(b) for b in range(quick.num_blocks)] == [
+        small.block_rows(b) for b in range(small.num_blocks)
+    ]
+    latent, noise = _inputs(small)
+    style = small.to_style(latent)
+    with torch.no_grad():
+        whole = quick.synthesize(style, noise)
+        for cut in range(1, small.num_blocks):
+            expected = small.forward_blocks(None, style, noise, 0, cut)
+            features = quick.forward_blocks(None, style, noise, 0, cut)
+            torch.testing.assert_close(features, expected, atol=1e-4, rtol=0)
+            end = small.num_blocks
+            expected_image = small.features_to_image(small.forward_blocks(expected, style, noise, cut, end))
+            image = quick.features_to_image(quick.forward_blocks(features, style, noise, cut, end))
+            torch.testing.assert_close(image, expected_image, atol=1e-4, rtol=0)
+            torch.testing.assert_close(image, whole, atol=1e-5, rtol=0)  # folded toRGB == separate toRGB
+
+
+def test_ilo_runs_on_the_fast_generator_like_on_the_faithful_one(small):
+    latent, noise = _inputs(small, batch=2, seed=3)
+    with torch.no_grad():
+        lr = torch.nn.functional.avg_pool2d((small.synthesize(small.to_style(latent), noise) + 1) / 2, 4).clamp(0, 1)
+    settings, stages = SearchSettings(steps=4, bad_noise_layers=[7]), ILOSettings(blocks=[1, 2], steps=3)
+    eager = ILOSolver(PulseSolver(small, settings=settings), stages).solve(lr)
+    quick = ILOSolver(PulseSolver(accelerate(small), settings=settings), stages).solve(lr)
+    assert torch.isfinite(quick.downscale_error).all()
+    # Adam amplifies rounding differences step by step (see the solver test above), so: close, not equal.
+    torch.testing.assert_close(quick.downscale_error, eager.downscale_error, atol=2e-3, rtol=0.2)
 
 
 # ---------------------------------------------------------------- mixed precision

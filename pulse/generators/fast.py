@@ -42,7 +42,8 @@ Outputs are 4.5e-4 apart, which is the faithful fp32 port's own distance from a 
 
 The class follows :class:`pulse.generators.base.Generator` (``resolution``, ``num_latents``,
 ``latent_dim``, ``noise_shapes``, ``to_style``, ``synthesize``), so :class:`pulse.solver.PulseSolver`
-uses it unchanged. It does not offer the layered (intermediate-layer) interface.
+uses it unchanged, and the layered interface (``num_blocks``, ``block_rows``, ``forward_blocks``,
+``features_to_image``) for :class:`pulse.ilo.ILOSolver`.
 """
 
 from __future__ import annotations
@@ -621,18 +622,61 @@ class FastStyleGANGenerator(nn.Module):
         """``[B, L, 512] -> [B, L, 512]``: ``leaky_relu(latent * std + mean, 0.2)``, as the reference."""
         return F.leaky_relu(latent * self.std + self.mean, LRELU_SLOPE)
 
+    def _run_layers(
+        self,
+        x: torch.Tensor | None,
+        style: torch.Tensor,
+        noise: Sequence[torch.Tensor],
+        start: int,
+        stop: int,
+        compute_dtype: torch.dtype | None,
+        fold_rgb: bool,
+    ) -> torch.Tensor:
+        """Layers ``start .. stop - 1`` (one per style row); with ``fold_rgb`` the last one returns the image."""
+        last = len(self.layers) - 1
+        if x is not None and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for index in range(start, stop):
+            rgb = (self.rgb_weight, self.rgb_bias) if fold_rgb and index == last else (None, None)
+            x = self.layers[index](x, style[:, index], noise[index], *rgb, compute_dtype=compute_dtype)
+            if index == 0 and self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def _synthesize(
         self, style: torch.Tensor, noise: Sequence[torch.Tensor], compute_dtype: torch.dtype | None = None
     ) -> torch.Tensor:
-        channels_last = self.channels_last
-        x: torch.Tensor | None = None
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            rgb = (self.rgb_weight, self.rgb_bias) if index == last else (None, None)
-            x = layer(x, style[:, index], noise[index], *rgb, compute_dtype=compute_dtype)
-            if index == 0 and channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self._run_layers(None, style, noise, 0, len(self.layers), compute_dtype, fold_rgb=True)
+
+    # Layered access (pulse.generators.base.LayeredGenerator), for intermediate-layer optimisation (ILO).
+    @property
+    def num_blocks(self) -> int:
+        return len(self.layers) // 2
+
+    def block_rows(self, block: int) -> slice:
+        """The style rows block ``block`` consumes (its two layers)."""
+        return slice(2 * block, 2 * block + 2)
+
+    def forward_blocks(
+        self, features: torch.Tensor | None, style: torch.Tensor, noise: Sequence[torch.Tensor], start: int, stop: int
+    ) -> torch.Tensor:
+        """Blocks ``start .. stop - 1``: ``[B, C, r, r]`` features (None at 0) -> the block outputs.
+
+        The features are the faithful port's (toRGB is not folded here; :meth:`features_to_image` applies it).
+        """
+        first, end = 2 * start, 2 * stop
+        compute_dtype = _autocast_dtype(style.device.type)
+        if compute_dtype is None:
+            return self._run_layers(features, style, noise, first, end, None, fold_rgb=False)
+        with torch.autocast(device_type=style.device.type, enabled=False):
+            features = None if features is None else features.float()
+            maps = [m.float() for m in noise]
+            return self._run_layers(features, style.float(), maps, first, end, compute_dtype, fold_rgb=False)
+
+    def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, C, R, R]`` last-block features -> ``[B, 3, R, R]`` (the 1x1 toRGB), NCHW-contiguous."""
+        image = F.conv2d(features.float(), self.rgb_weight[:, :, None, None], self.rgb_bias)
+        return image.contiguous()
 
     def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
         """``style [B, L, 512]``, noise ``[B or 1, 1, r_i, r_i]`` each (``None``: fresh N(0, 1)) -> ``[B, 3, R, R]``.
