@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -41,7 +41,9 @@ class SearchSettings:
         duplicates: independent searches (different random starts) per input.
         noise_type: ``zero`` (no noise), ``fixed`` (random, frozen) or ``trainable``.
         num_trainable_noise_layers: the first this many noise layers are optimised (``trainable``).
-        bad_noise_layers: noise layers forced to zero.
+        bad_noise_layers: noise layers forced to zero, or ``"auto"``: the generator's
+            ``default_bad_noise_layers`` (the official code's ``[17]`` for the 1024 px StyleGAN, none
+            elsewhere); resolved by :class:`PulseSolver`.
         tile_latent: search one latent vector shared by all style layers.
         schedule: learning-rate schedule name (see :func:`pulse.optim.schedule`).
         seed: base seed; each sample's start is drawn from its own seed derived from it.
@@ -56,7 +58,7 @@ class SearchSettings:
     duplicates: int = 1
     noise_type: str = "trainable"
     num_trainable_noise_layers: int = 5
-    bad_noise_layers: Sequence[int] = (17,)
+    bad_noise_layers: Sequence[int] | str = "auto"
     tile_latent: bool = False
     schedule: str = "linear1cycledrop"
     seed: int = 0
@@ -69,7 +71,13 @@ class SearchSettings:
         if self.steps < 1 or self.duplicates < 1:
             raise ValueError(f"steps and duplicates must be >= 1, got {self.steps} and {self.duplicates}")
         schedule(self.schedule, self.steps)  # fail now, naming the valid schedules
-        self.bad_noise_layers = tuple(int(i) for i in self.bad_noise_layers)
+        if isinstance(self.bad_noise_layers, str):
+            if self.bad_noise_layers != "auto":
+                raise ValueError(
+                    f"bad_noise_layers must be a list of layer indices or 'auto', got {self.bad_noise_layers!r}"
+                )
+        else:
+            self.bad_noise_layers = tuple(int(i) for i in self.bad_noise_layers)
         if self.early_stop_patience < 0 or self.early_stop_rtol < 0:
             raise ValueError(
                 f"early_stop_patience and early_stop_rtol must be >= 0 (0 patience: off), "
@@ -393,12 +401,15 @@ class PulseSolver:
     ) -> None:
         self.generator = check_generator(generator)
         self.settings = settings or SearchSettings()
+        if self.settings.bad_noise_layers == "auto":
+            default = tuple(getattr(self.generator, "default_bad_noise_layers", ()))
+            self.settings = replace(self.settings, bad_noise_layers=default)
         self.loss = loss if loss is not None else PulseLoss({"l2": 100.0, "geocross": 0.05}, self.settings.eps)
         self.optimizer = optimizer or partial(SphericalOptimizer, torch.optim.Adam, lr=0.4)
         self.downscale = downscale
         layers = len(self.generator.noise_shapes)
         missing = [i for i in self.settings.bad_noise_layers if i >= layers]
-        if layers and missing:  # e.g. the StyleGAN1 default [17] on StyleGAN2 (maps 0-16)
+        if layers and missing:  # e.g. an explicit [17] on StyleGAN2 (maps 0-16)
             log.warning(
                 "bad_noise_layers %s name no noise map of this generator (it has %d: 0-%d); they are ignored",
                 missing, layers, layers - 1,

@@ -143,3 +143,17 @@ def test_mixed_precision_keeps_the_downscale_and_loss_in_float32(dcgan):
     assert mixed.hr.dtype == torch.float32 and torch.isfinite(mixed.downscale_error).all()
     # The bf16 generator explains the inputs about as well (same seeds; bf16 rounding changes the path).
     assert mixed.downscale_error.mean() < 1.5 * full.downscale_error.mean()
+
+
+def test_bad_noise_layers_auto_follows_the_generator():
+    from pulse.generators.fast import accelerate
+    from pulse.generators.stylegan import StyleGANGenerator
+
+    full_size = StyleGANGenerator.synthetic(resolution=1024, fmap_base=8192, fmap_max=8, fit_samples=200)
+    assert PulseSolver(full_size).settings.bad_noise_layers == (17,)  # the official code's choice at 1024 px
+    assert PulseSolver(accelerate(full_size)).settings.bad_noise_layers == (17,)
+    small = StyleGANGenerator.synthetic(resolution=32, fit_samples=200)
+    assert PulseSolver(small).settings.bad_noise_layers == ()
+    assert PulseSolver(small, settings=SearchSettings(bad_noise_layers=[3])).settings.bad_noise_layers == (3,)
+    with pytest.raises(ValueError, match="list of layer indices or 'auto'"):
+        SearchSettings(bad_noise_layers="all")

@@ -611,7 +611,7 @@ def test_ffhq_config_without_weights_fails_clearly(tmp_path):
     assert str(tmp_path) in str(error.value)
 
 
-def test_default_bad_noise_layer_is_reported_when_the_generator_has_no_such_map(caplog):
+def test_bad_noise_layers_auto_zeroes_none_here_and_a_missing_map_is_reported(caplog):
     import logging
 
     from pulse.generators.stylegan2 import StyleGAN2Generator
@@ -619,7 +619,10 @@ def test_default_bad_noise_layer_is_reported_when_the_generator_has_no_such_map(
 
     generator = StyleGAN2Generator.synthetic(resolution=32)
     with caplog.at_level(logging.WARNING, logger="pulse.solver"):
-        PulseSolver(generator, settings=SearchSettings())  # bad_noise_layers (17,): StyleGAN1's default
+        solver = PulseSolver(generator, settings=SearchSettings())  # "auto"
+    assert solver.settings.bad_noise_layers == () and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="pulse.solver"):
+        PulseSolver(generator, settings=SearchSettings(bad_noise_layers=[17]))  # StyleGAN1's official choice
     (message,) = [r.getMessage() for r in caplog.records]
     maps = len(generator.noise_shapes)
     assert "[17]" in message and f"it has {maps}: 0-{maps - 1}" in message

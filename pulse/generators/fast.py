@@ -586,6 +586,7 @@ class FastStyleGANGenerator(nn.Module):
         self.num_latents = generator.num_latents
         self.latent_dim = generator.latent_dim
         self.noise_shapes: list[tuple[int, ...]] = list(generator.noise_shapes)
+        self.default_bad_noise_layers = tuple(generator.default_bad_noise_layers)
         if channels_last is None:
             channels_last = next(iter(generator.buffers())).device.type == "cpu"
         self.channels_last = channels_last

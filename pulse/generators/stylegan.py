@@ -554,6 +554,8 @@ class StyleGANGenerator(GaussianisedLatent):
         super().__init__(synthesis.dlatent_size, gaussian_fit)
         self.synthesis = freeze(synthesis)
         self.resolution = synthesis.resolution
+        # The official PULSE code zeroes the last noise map of the 1024 px FFHQ network (its "bad" layer).
+        self.default_bad_noise_layers: tuple[int, ...] = (17,) if self.resolution == 1024 else ()
         self.num_latents = synthesis.num_layers
         self.noise_shapes: list[tuple[int, ...]] = list(noise_shapes(self.num_latents))
         self.eval()
