@@ -249,7 +249,7 @@ def fetch_ffhq(
         except WeightsError:
             staging.unlink(missing_ok=True)
             raise
-        digest = sha256_file(staging)
+        digest = expected if expected is not None else sha256_file(staging)  # download() verified it
         os.replace(staging, dest)
         if expected is None:
             log(f"{entry.filename}: downloaded UNVERIFIED (sha256 {digest}); keys and shapes match our network")
