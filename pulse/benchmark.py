@@ -341,6 +341,22 @@ def run_benchmark(
     return report
 
 
+def best_batches(report: BenchmarkReport) -> dict[str, Any] | None:
+    """Each path's batch size with the most images/min and the ratio of those maxima (None without a fast path)."""
+    rows = [row for row in report.results if row.fast is not None]
+    if not rows:
+        return None
+    eager = max(report.results, key=lambda row: row.eager.images_per_min)
+    fast = max(rows, key=lambda row: row.fast.images_per_min)  # type: ignore[union-attr]
+    return {
+        "eager_batch": eager.batch,
+        "eager_images_per_min": eager.eager.images_per_min,
+        "fast_batch": fast.batch,
+        "fast_images_per_min": fast.fast.images_per_min,  # type: ignore[union-attr]
+        "ratio": fast.fast.images_per_min / eager.eager.images_per_min,  # type: ignore[union-attr]
+    }
+
+
 def format_report(report: BenchmarkReport) -> str:
     """A plain-text table of :class:`BenchmarkReport`; missing values print as ``null`` with the reason."""
 
@@ -375,6 +391,12 @@ def format_report(report: BenchmarkReport) -> str:
             f"{measured.convolution_s:.3f} s ({100 * measured.convolution_share:.0f}%); eager step / these "
             f"convolutions = {measured.ceiling:.2f}x (the most this path could gain over eager without cheaper "
             "convolutions)"
+        )
+    best = best_batches(report)
+    if best is not None and len(report.results) > 1:
+        lines.append(
+            f"best batch: eager {best['eager_images_per_min']:.2f} img/min at batch {best['eager_batch']}, fast "
+            f"{best['fast_images_per_min']:.2f} at batch {best['fast_batch']}: {best['ratio']:.2f}x"
         )
     lines.append(f"peak memory: {report.peak_memory_note}")
     if any(row.max_abs_diff_hr is not None for row in report.results):

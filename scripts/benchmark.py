@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from pulse.benchmark import BenchmarkReport, format_report, run_benchmark  # noqa: E402
+from pulse.benchmark import BenchmarkReport, best_batches, format_report, run_benchmark  # noqa: E402
 from pulse.runtime import tune_cpu_allocator  # noqa: E402
 
 FAST_ONLY_STYLEGAN = "the fast path exists for StyleGAN only (pulse.generators.fast.accelerate)"
@@ -156,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
     print(format_report(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+        record = {**dataclasses.asdict(report), "best": best_batches(report)}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
     return report
 

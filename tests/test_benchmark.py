@@ -50,8 +50,15 @@ def test_quick_run_writes_consistent_json(script, tmp_path, capsys):
         # Same seeds and targets: the two searches end at the same images (HR in [0, 1]).
         assert 0 <= row["max_abs_diff_hr"] < 1e-3
         assert row["fast_unavailable"] is None
+    best = report["best"]
+    eager_rates = {row["batch"]: row["eager"]["images_per_min"] for row in report["results"]}
+    fast_rates = {row["batch"]: row["fast"]["images_per_min"] for row in report["results"]}
+    assert best["eager_images_per_min"] == max(eager_rates.values()) == eager_rates[best["eager_batch"]]
+    assert best["fast_images_per_min"] == max(fast_rates.values()) == fast_rates[best["fast_batch"]]
+    assert math.isclose(best["ratio"], best["fast_images_per_min"] / best["eager_images_per_min"])
     printed = capsys.readouterr().out
     assert "fast/eager" in printed and f"{report['results'][0]['speedup']:.2f}" in printed
+    assert f"best batch: eager {best['eager_images_per_min']:.2f} img/min" in printed
 
 
 def test_generator_without_fast_path_reports_null_and_why(script, tmp_path, capsys):
