@@ -42,6 +42,26 @@ JPEG_LUMINANCE_TABLE = (
     (72, 92, 95, 98, 112, 100, 103, 99),
 )
 
+# The standard JPEG chrominance quantisation table (ITU-T T.81, Annex K.2), quality 50.
+JPEG_CHROMINANCE_TABLE = (
+    (17, 18, 24, 47, 99, 99, 99, 99),
+    (18, 21, 26, 66, 99, 99, 99, 99),
+    (24, 26, 56, 99, 99, 99, 99, 99),
+    (47, 66, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+    (99, 99, 99, 99, 99, 99, 99, 99),
+)
+
+# JFIF's full-range RGB -> YCbCr (rows Y, Cb, Cr; Cb and Cr are offset by 128 levels).
+JFIF_RGB_TO_YCBCR = (
+    (0.299, 0.587, 0.114),
+    (-0.168735892, -0.331264108, 0.5),
+    (0.5, -0.418687589, -0.081312411),
+)
+JPEG_SUBSAMPLING = ("4:2:0", "4:4:4")
+
 
 # ---------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -67,14 +87,30 @@ def apply_separable(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     return torch.einsum("ih,bchw,jw->bcij", rows, images, cols)
 
 
-def jpeg_quantisation_table(quality: int) -> torch.Tensor:
-    """The IJG quality-scaled luminance table ``[8, 8]``: quality 50 is the standard table, 100 all ones."""
+def jpeg_quantisation_table(quality: int, chroma: bool = False) -> torch.Tensor:
+    """The IJG quality-scaled table ``[8, 8]`` (luminance, or chrominance with ``chroma``).
+
+    Quality 50 is the standard table, 100 all ones (libjpeg's ``jpeg_quality_scaling``, baseline clamp 1..255).
+    """
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be an integer in 1..100, got {quality!r}")
     quality = int(quality)
     scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    table = torch.tensor(JPEG_LUMINANCE_TABLE, dtype=torch.float64)
+    table = torch.tensor(JPEG_CHROMINANCE_TABLE if chroma else JPEG_LUMINANCE_TABLE, dtype=torch.float64)
     return ((table * scale + 50) // 100).clamp(1, 255).float()
+
+
+def quantise_blocks(plane: torch.Tensor, table: torch.Tensor, dct: torch.Tensor) -> torch.Tensor:
+    """JPEG's lossy step on ``[B, C, H, W]`` levels (0..255, sides multiples of 8): 8x8 DCT, quantise, inverse.
+
+    Rounding uses a straight-through estimator (exact forward values, identity gradient).
+    """
+    batch, channels, height, width = plane.shape
+    by, bx = height // 8, width // 8
+    blocks = plane.reshape(batch, channels, by, 8, bx, 8).permute(0, 1, 2, 4, 3, 5)  # [B, C, by, bx, 8, 8]
+    coefficients = dct @ (blocks - 128.0) @ dct.T
+    restored = dct.T @ (round_ste(coefficients / table) * table) @ dct + 128.0
+    return restored.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, height, width)
 
 
 def dct_matrix(n: int = 8) -> torch.Tensor:
@@ -343,44 +379,72 @@ class NoisyDownscale(nn.Module):
 
 
 class JpegDownscale(nn.Module):
-    """A base operator followed by JPEG-like quantisation at the LR side.
+    """A base operator followed by a differentiable model of baseline JPEG at the LR side.
 
-    Each channel (RGB, no chroma subsampling or colour transform) is cut into 8x8 blocks (padded by
-    edge replication when the LR side is not a multiple of 8, then cropped back), shifted to
-    ``[-128, 127]`` levels, transformed by the orthonormal DCT-II, divided by the IJG quality-scaled
-    standard luminance table, rounded, and transformed back. Rounding uses a straight-through
-    estimator so the search gets gradients (the forward values are exact rounding).
+    Default (``color="ycbcr"``, ``subsampling="4:2:0"``: what PIL and libjpeg write by default): RGB
+    levels go to JFIF YCbCr; the chroma planes are averaged over 2x2 pixels; every plane is cut into 8x8
+    blocks (the image padded by edge replication to whole 16x16 units, then cropped back), transformed by
+    the orthonormal DCT-II, divided by the IJG quality-scaled table (luminance for Y, chrominance for Cb
+    and Cr), rounded and transformed back; chroma is upsampled with libjpeg's default triangle filter
+    (bilinear, half-pixel centres) and YCbCr goes back to RGB. ``subsampling="4:4:4"`` keeps full-size
+    chroma; ``color="rgb"`` quantises each RGB channel with the luminance table (the earlier, cruder model).
+    Rounding uses a straight-through estimator so the search gets gradients. Unlike a real codec, levels
+    are not rounded to integers between stages and the DCT is exact (libjpeg uses integer arithmetic).
     """
 
     def __init__(
-        self, factor: int, quality: int = 75, base: str = "bicubic", base_options: Mapping[str, Any] | None = None
+        self,
+        factor: int,
+        quality: int = 75,
+        base: str = "bicubic",
+        base_options: Mapping[str, Any] | None = None,
+        color: str = "ycbcr",
+        subsampling: str = "4:2:0",
     ) -> None:
         super().__init__()
+        if color not in ("ycbcr", "rgb"):
+            raise ValueError(f"JPEG color must be 'ycbcr' or 'rgb', got {color!r}")
+        if subsampling not in JPEG_SUBSAMPLING:
+            raise ValueError(f"JPEG subsampling must be one of {list(JPEG_SUBSAMPLING)}, got {subsampling!r}")
         self.factor = int(factor)
         self.quality = int(quality)
+        self.color, self.subsampling = color, subsampling
         self.base = make_operator(base, factor, **dict(base_options or {}))
         self.register_buffer("table", jpeg_quantisation_table(quality), persistent=False)
+        self.register_buffer("chroma_table", jpeg_quantisation_table(quality, chroma=True), persistent=False)
         self.register_buffer("dct", dct_matrix(8), persistent=False)
+        to_ycbcr = torch.tensor(JFIF_RGB_TO_YCBCR, dtype=torch.float64)
+        self.register_buffer("to_ycbcr", to_ycbcr, persistent=False)
+        self.register_buffer("to_rgb", torch.linalg.inv(to_ycbcr), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W] -> [B, C, H / factor, W / factor]``, quantised."""
+        """``[B, 3, H, W] -> [B, 3, H / factor, W / factor]`` in [0, 1] scale, JPEG-compressed."""
         lr = self.base(images)
-        batch, channels, height, width = lr.shape
-        pad_y, pad_x = -height % 8, -width % 8
+        height, width = lr.shape[-2:]
+        dct, table = self.dct.to(lr.dtype), self.table.to(lr.dtype)
+        unit = 16 if self.color == "ycbcr" and self.subsampling == "4:2:0" else 8
+        pad_y, pad_x = -height % unit, -width % unit
         x = F.pad(lr, (0, pad_x, 0, pad_y), mode="replicate") if pad_y or pad_x else lr
-        by, bx = x.shape[-2] // 8, x.shape[-1] // 8
-        # [B, C, by, 8, bx, 8] -> [B, C, by, bx, 8, 8]: one 8x8 block per (by, bx).
-        blocks = x.reshape(batch, channels, by, 8, bx, 8).permute(0, 1, 2, 4, 3, 5)
-        dct = self.dct.to(dtype=lr.dtype)
-        table = self.table.to(dtype=lr.dtype)
-        coefficients = dct @ (blocks * 255.0 - 128.0) @ dct.T
-        quantised = round_ste(coefficients / table) * table
-        restored = (dct.T @ quantised @ dct + 128.0) / 255.0
-        x = restored.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, by * 8, bx * 8)
-        return x[..., :height, :width]
+        if self.color == "rgb":
+            return quantise_blocks(x * 255.0, table, dct)[..., :height, :width] / 255.0
+        if lr.shape[1] != 3:
+            raise ValueError(f"JPEG's YCbCr model needs RGB images [B, 3, H, W], got {list(lr.shape)}")
+        matrix = self.to_ycbcr.to(lr.dtype)
+        offset = torch.tensor([0.0, 128.0, 128.0], dtype=lr.dtype, device=lr.device).view(1, 3, 1, 1)
+        ycbcr = torch.einsum("oc,bchw->bohw", matrix, x * 255.0) + offset
+        luma, chroma = ycbcr[:, :1], ycbcr[:, 1:]
+        chroma_table = self.chroma_table.to(lr.dtype)
+        if self.subsampling == "4:2:0":
+            chroma = quantise_blocks(F.avg_pool2d(chroma, 2), chroma_table, dct)
+            chroma = F.interpolate(chroma, scale_factor=2, mode="bilinear", align_corners=False)
+        else:
+            chroma = quantise_blocks(chroma, chroma_table, dct)
+        decoded = torch.cat([quantise_blocks(luma, table, dct), chroma], dim=1) - offset
+        rgb = torch.einsum("oc,bchw->bohw", self.to_rgb.to(lr.dtype), decoded) / 255.0
+        return rgb[..., :height, :width]
 
     def extra_repr(self) -> str:
-        return f"factor={self.factor}, quality={self.quality}"
+        return f"factor={self.factor}, quality={self.quality}, color={self.color}, subsampling={self.subsampling}"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -148,13 +148,47 @@ def test_jpeg_table_and_quantisation():
     assert jpeg_quantisation_table(10)[0, 0].item() == 80
     with pytest.raises(ValueError, match="quality"):
         jpeg_quantisation_table(0)
-    image = torch.rand(2, 3, 64, 64)
+    image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     clean = BicubicDownscale(4)(image)
-    errors = [(JpegDownscale(4, quality=q)(image) - clean).abs().max().item() for q in (100, 50, 10)]
-    assert errors[0] < 1.5 / 255  # only rounding of the coefficients at quality 100
-    assert errors[0] < errors[1] < errors[2]
+    differences = [JpegDownscale(4, quality=q, subsampling="4:4:4")(image) - clean for q in (100, 50, 10)]
+    # Quality 100 without chroma subsampling: only coefficient rounding, amplified up to ~1.8x by YCbCr -> RGB.
+    assert differences[0].abs().max() < 2.5 / 255
+    assert (JpegDownscale(4, quality=100, color="rgb")(image) - clean).abs().max() < 1.5 / 255
+    mean_errors = [d.abs().mean().item() for d in differences]
+    assert mean_errors[0] < mean_errors[1] < mean_errors[2]
     # LR side not a multiple of 8 (64 / 16 = 4 px): padded and cropped back.
     assert JpegDownscale(16)(image).shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
+@pytest.mark.parametrize("quality", [90, 30])
+def test_jpeg_model_is_close_to_a_real_codec(quality, subsampling):
+    """PIL (libjpeg) encodes and decodes the same LR photo: the YCbCr model lands within about one level
+    of the codec's result on average (the crude per-RGB-channel model is several levels away)."""
+    import io
+
+    from PIL import Image
+
+    photo = pytest.importorskip("skimage.data").astronaut()[::4, ::4][:120, :120]
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=quality, subsampling={"4:2:0": 2, "4:4:4": 0}[subsampling])
+    codec = torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1)[None].float() / 255
+    lr = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 255
+    errors = {}
+    for color in ("ycbcr", "rgb"):
+        model = JpegDownscale(2, quality=quality, color=color, subsampling=subsampling)
+        model.base = torch.nn.Identity()  # compress the photo itself
+        errors[color] = (model(lr).clamp(0, 1) - codec).abs().mean().item() * 255
+    assert errors["ycbcr"] < 1.6
+    assert errors["rgb"] > 2 * errors["ycbcr"]
+
+
+def test_jpeg_options_are_checked():
+    with pytest.raises(ValueError, match="subsampling must be one of"):
+        JpegDownscale(2, subsampling="4:2:2")
+    with pytest.raises(ValueError, match="color must be"):
+        JpegDownscale(2, color="lab")
+    assert JpegDownscale(4)(torch.rand(1, 3, 40, 40)).shape == (1, 3, 10, 10)  # padded to 16 px units, cropped
 
 
 def test_jpeg_straight_through_gradient():
