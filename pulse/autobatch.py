@@ -1,4 +1,4 @@
-"""``batch_size=auto``: the number of inputs per search that gives the most images per second here.
+"""``batch_size=auto``: the number of inputs per search that gives the most inputs per second here.
 
 Candidates are 1, 2, 4, ... inputs per search (each with the run's duplicates). Each is timed with a few
 real solver steps on random targets of the run's input size, on the run's device and precision; the
@@ -65,7 +65,7 @@ def choose_batch_size(
         time_step: seconds per solver step at a given number of inputs; may raise out-of-memory errors
             (:func:`is_out_of_memory`), which end the probe. Other errors propagate.
         limit: the largest size tried.
-        min_gain: a size must give this much more images per second than the best so far to keep doubling.
+        min_gain: a size must give this much more inputs per second than the best so far to keep doubling.
     """
     if limit < 1:
         raise ValueError(f"the batch-size limit must be >= 1, got {limit}")
@@ -79,7 +79,6 @@ def choose_batch_size(
             if not is_out_of_memory(error):
                 raise
             trials.append(BatchTrial(batch, None))
-            _release_memory()
             break
         trial = BatchTrial(batch, seconds)
         trials.append(trial)
@@ -88,6 +87,8 @@ def choose_batch_size(
             break
         best = trial
         batch *= 2
+    if trials[-1].seconds_per_step is None:
+        _release_memory()  # here, after the except block, nothing holds the failed step's tensors any more
     if best is None:
         raise RuntimeError("batch_size=auto: one input per search already runs out of memory on this device")
     return best.batch, trials
