@@ -642,10 +642,25 @@ class FastStyleGANGenerator(nn.Module):
                 x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _synthesize(
-        self, style: torch.Tensor, noise: Sequence[torch.Tensor], compute_dtype: torch.dtype | None = None
+    def _run_mixed(
+        self,
+        x: torch.Tensor | None,
+        style: torch.Tensor,
+        noise: Sequence[torch.Tensor],
+        start: int,
+        stop: int,
+        compute_dtype: torch.dtype,
+        fold_rgb: bool,
     ) -> torch.Tensor:
-        return self._run_layers(None, style, noise, 0, len(self.layers), compute_dtype, fold_rgb=True)
+        """:meth:`_run_layers` under autocast (e.g. Lightning's bf16-mixed): convolutions in ``compute_dtype``,
+        the rest in float32, with autocast switched off so it cannot recast inside the hand-written layers."""
+        with torch.autocast(device_type=style.device.type, enabled=False):
+            x = None if x is None else x.float()
+            maps = [m.float() for m in noise]
+            return self._run_layers(x, style.float(), maps, start, stop, compute_dtype, fold_rgb)
+
+    def _synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self._run_layers(None, style, noise, 0, len(self.layers), None, fold_rgb=True)
 
     # Layered access (pulse.generators.base.LayeredGenerator), for intermediate-layer optimisation (ILO).
     @property
@@ -665,12 +680,9 @@ class FastStyleGANGenerator(nn.Module):
         """
         first, end = 2 * start, 2 * stop
         compute_dtype = _autocast_dtype(style.device.type)
-        if compute_dtype is None:
-            return self._run_layers(features, style, noise, first, end, None, fold_rgb=False)
-        with torch.autocast(device_type=style.device.type, enabled=False):
-            features = None if features is None else features.float()
-            maps = [m.float() for m in noise]
-            return self._run_layers(features, style.float(), maps, first, end, compute_dtype, fold_rgb=False)
+        if compute_dtype is not None:
+            return self._run_mixed(features, style, noise, first, end, compute_dtype, fold_rgb=False)
+        return self._run_layers(features, style, noise, first, end, None, fold_rgb=False)
 
     def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, C, R, R]`` last-block features -> ``[B, 3, R, R]`` (the 1x1 toRGB), NCHW-contiguous."""
@@ -695,10 +707,7 @@ class FastStyleGANGenerator(nn.Module):
         ]
         compute_dtype = _autocast_dtype(style.device.type)
         if compute_dtype is not None:
-            # Under autocast (e.g. Lightning's bf16-mixed) the convolutions run in its dtype and the rest in
-            # float32; autocast itself is switched off so it cannot recast inside the hand-written layers.
-            with torch.autocast(device_type=style.device.type, enabled=False):
-                return self._synthesize(style.float(), [m.float() for m in maps], compute_dtype)
+            return self._run_mixed(None, style, maps, 0, len(self.layers), compute_dtype, fold_rgb=True)
         if self.compile and not self._compile_failed:
             try:
                 if self._compiled is None:
