@@ -594,11 +594,13 @@ class FastStyleGANGenerator(nn.Module):
         if len(self.layers) != self.num_latents:
             raise ValueError(f"found {len(self.layers)} layers for {self.num_latents} style rows")
         if channels_last:
-            # Kernels in the activations' layout: oneDNN would otherwise reorder them on every call.
+            # 3x3 kernels in the activations' layout: oneDNN would otherwise reorder them on every call. The
+            # 4x4 transposed-convolution kernels stay NCHW: channels-last ones saved ~12 ms of reorders per
+            # 1024 px step but moved the output from 3.5e-4 to 5.1e-4 away from float64 (the faithful port: 3.1e-4).
             for layer in self.layers:
                 for name in ("weight", "ref_weight"):
                     kernel = getattr(layer, name)
-                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] in (3, 4):  # conv, transposed conv
+                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
                         setattr(layer, name, kernel.contiguous(memory_format=torch.channels_last))
         torgb = synthesis.torgb
         with torch.no_grad():
