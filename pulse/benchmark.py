@@ -15,6 +15,7 @@ over everything measured so far in the process (the fast path is measured first 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import platform
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from pulse.generators.base import Generator
 from pulse.runtime import tf32
@@ -86,6 +88,8 @@ class BenchmarkReport:
     rounds: int = 1
     results: list[BatchResult] = field(default_factory=list)
     profile: dict[str, StepProfile] | None = None
+    # max |path - float64 faithful port| of the same generator output, per path (``float64_reference=True``)
+    max_abs_diff_from_float64: dict[str, float] | None = None
 
 
 @dataclass
@@ -187,14 +191,30 @@ def summarise_steps(durations: Sequence[float], batch: int, peak_mb: float) -> T
 
 
 @torch.no_grad()
-def generator_output(generator: Generator, batch: int = 1, seed: int = 0) -> torch.Tensor:
-    """Raw output ``[batch, 3, R, R]`` for one seeded latent (on the sphere) and noise draw."""
+def generator_output(
+    generator: Generator, batch: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Raw output ``[batch, 3, R, R]`` for one seeded latent (on the sphere) and noise draw, fed in ``dtype``."""
     device = next(iter((*generator.parameters(), *generator.buffers()))).device  # type: ignore[attr-defined]
     rng = torch.Generator().manual_seed(seed)
     latent = torch.randn(batch, generator.num_latents, generator.latent_dim, generator=rng)
     latent = latent / latent.norm(dim=-1, keepdim=True) * math.sqrt(generator.latent_dim)
-    noise = [torch.randn(batch, *shape, generator=rng).to(device) for shape in generator.noise_shapes]
-    return generator.synthesize(generator.to_style(latent.to(device)), noise)
+    noise = [torch.randn(batch, *shape, generator=rng).to(device, dtype) for shape in generator.noise_shapes]
+    return generator.synthesize(generator.to_style(latent.to(device, dtype)), noise)
+
+
+@torch.no_grad()
+def float64_distances(eager: nn.Module, fast: Generator | None, batch: int = 1, seed: int = 0) -> dict[str, float]:
+    """Each path's max abs distance from a float64 evaluation of the faithful port on the same inputs.
+
+    Puts ``max_abs_diff_image`` in scale: two float32 evaluations of the same function (different
+    summation orders) differ by about as much as each differs from float64.
+    """
+    reference = generator_output(copy.deepcopy(eager).double(), batch, seed, torch.float64)
+    paths = {"eager": eager} if fast is None else {"eager": eager, "fast": fast}
+    with tf32(False):
+        outputs = {name: generator_output(path, batch, seed).double() for name, path in paths.items()}
+    return {name: (output - reference).abs().max().item() for name, output in outputs.items()}
 
 
 def precision(device_type: str, allow_tf32: bool = False, autocast_dtype: torch.dtype | None = None) -> ExitStack:
@@ -251,6 +271,7 @@ def run_benchmark(
     fast_tf32: bool = False,
     fast_autocast: torch.dtype | None = None,
     profile: bool = False,
+    float64_reference: bool = False,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
 
@@ -266,6 +287,8 @@ def run_benchmark(
             convolutions in bf16, downscale, loss and normalisation in float32); eager stays float32.
         profile: CPU only: also profile one step of each path at the first batch size
             (:class:`StepProfile`, in ``report.profile``).
+        float64_reference: also measure each path's distance from a float64 evaluation
+            (:func:`float64_distances`; float32 only, so ``fast_autocast`` and ``fast_tf32`` do not apply).
     """
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
@@ -289,6 +312,9 @@ def run_benchmark(
         ),
         rounds=rounds,
     )
+    if float64_reference:
+        log("float64 reference evaluation ...")
+        report.max_abs_diff_from_float64 = float64_distances(eager, fast)
     for batch in batches:
         targets = torch.rand(batch, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batch))
         fast_steps: list[float] = []
@@ -370,7 +396,10 @@ def format_report(report: BenchmarkReport) -> str:
         f"torch {env['torch']}, {env['cpu_threads']} threads, "
         f"load average {env['load_average']}",
         f"options: {report.options}",
-        f"max |fast - eager| of one generator output: {num(report.max_abs_diff_image, '.3g')}",
+        f"max |fast - eager| of one generator output: {num(report.max_abs_diff_image, '.3g')}"
+        + "".join(
+            f"; max |{name} - float64| {value:.3g}" for name, value in (report.max_abs_diff_from_float64 or {}).items()
+        ),
         f"{'batch':>5} {'path':>5} {'s/step':>9} {'steps/s':>9} {'img/min':>9} {'peak MiB':>9}  fast/eager  max|dHR|",
     ]
     for row in report.results:

@@ -69,6 +69,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "float32); the eager path stays float32",
     )
     parser.add_argument(
+        "--float64-reference",
+        action="store_true",
+        help="also report each path's distance from a float64 evaluation of the faithful port (float32 paths)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="CPU: also profile one step per path and report the time spent in convolutions",
@@ -152,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
         fast_tf32=args.tf32,
         fast_autocast=torch.bfloat16 if args.bf16 else None,
         profile=args.profile,
+        float64_reference=args.float64_reference,
     )
     print(format_report(report))
     if args.json is not None:

@@ -118,3 +118,15 @@ def test_bf16_runs_the_fast_path_under_autocast_and_reports_its_difference(scrip
     assert 1e-3 < report["max_abs_diff_image"] < 0.5
     for row in report["results"]:
         _check_timing(row["fast"], row["batch"])
+
+
+def test_float64_reference_puts_the_path_difference_in_scale(script, tmp_path, capsys):
+    path = tmp_path / "f64.json"
+    script.main(["--quick", "--float64-reference", "--no-allocator-tuning", "--json", str(path)])
+    report = json.loads(path.read_text())
+    distances = report["max_abs_diff_from_float64"]
+    assert set(distances) == {"eager", "fast"}
+    assert all(0 < d < 1e-4 for d in distances.values())  # float32 rounding, not a different function
+    # The two paths' difference is bounded by their distances from the common float64 result.
+    assert report["max_abs_diff_image"] <= distances["eager"] + distances["fast"] + 1e-7
+    assert "max |fast - float64|" in capsys.readouterr().out
