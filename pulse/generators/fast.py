@@ -48,6 +48,7 @@ uses it unchanged, and the layered interface (``num_blocks``, ``block_rows``, ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -633,33 +634,24 @@ class FastStyleGANGenerator(nn.Module):
         compute_dtype: torch.dtype | None,
         fold_rgb: bool,
     ) -> torch.Tensor:
-        """Layers ``start .. stop - 1`` (one per style row); with ``fold_rgb`` the last one returns the image."""
-        last = len(self.layers) - 1
-        if x is not None and self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        for index in range(start, stop):
-            rgb = (self.rgb_weight, self.rgb_bias) if fold_rgb and index == last else (None, None)
-            x = self.layers[index](x, style[:, index], noise[index], *rgb, compute_dtype=compute_dtype)
-            if index == 0 and self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        """Layers ``start .. stop - 1`` (one per style row); with ``fold_rgb`` the last one returns the image.
 
-    def _run_mixed(
-        self,
-        x: torch.Tensor | None,
-        style: torch.Tensor,
-        noise: Sequence[torch.Tensor],
-        start: int,
-        stop: int,
-        compute_dtype: torch.dtype,
-        fold_rgb: bool,
-    ) -> torch.Tensor:
-        """:meth:`_run_layers` under autocast (e.g. Lightning's bf16-mixed): convolutions in ``compute_dtype``,
-        the rest in float32, with autocast switched off so it cannot recast inside the hand-written layers."""
-        with torch.autocast(device_type=style.device.type, enabled=False):
-            x = None if x is None else x.float()
-            maps = [m.float() for m in noise]
-            return self._run_layers(x, style.float(), maps, start, stop, compute_dtype, fold_rgb)
+        With ``compute_dtype`` (under autocast, e.g. Lightning's bf16-mixed) the convolutions run in it and
+        the rest in float32, with autocast switched off so it cannot recast inside the hand-written layers.
+        """
+        mixed = compute_dtype is not None
+        with torch.autocast(device_type=style.device.type, enabled=False) if mixed else contextlib.nullcontext():
+            if mixed:
+                x, style, noise = None if x is None else x.float(), style.float(), [m.float() for m in noise]
+            if x is not None and self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            last = len(self.layers) - 1
+            for index in range(start, stop):
+                rgb = (self.rgb_weight, self.rgb_bias) if fold_rgb and index == last else (None, None)
+                x = self.layers[index](x, style[:, index], noise[index], *rgb, compute_dtype=compute_dtype)
+                if index == 0 and self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            return x
 
     def _synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor]) -> torch.Tensor:
         return self._run_layers(None, style, noise, 0, len(self.layers), None, fold_rgb=True)
@@ -680,11 +672,8 @@ class FastStyleGANGenerator(nn.Module):
 
         The features are the faithful port's (toRGB is not folded here; :meth:`features_to_image` applies it).
         """
-        first, end = 2 * start, 2 * stop
         compute_dtype = _autocast_dtype(style.device.type)
-        if compute_dtype is not None:
-            return self._run_mixed(features, style, noise, first, end, compute_dtype, fold_rgb=False)
-        return self._run_layers(features, style, noise, first, end, None, fold_rgb=False)
+        return self._run_layers(features, style, noise, 2 * start, 2 * stop, compute_dtype, fold_rgb=False)
 
     def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, C, R, R]`` last-block features -> ``[B, 3, R, R]`` (the 1x1 toRGB), NCHW-contiguous."""
@@ -709,7 +698,7 @@ class FastStyleGANGenerator(nn.Module):
         ]
         compute_dtype = _autocast_dtype(style.device.type)
         if compute_dtype is not None:
-            return self._run_mixed(None, style, maps, 0, len(self.layers), compute_dtype, fold_rgb=True)
+            return self._run_layers(None, style, maps, 0, len(self.layers), compute_dtype, fold_rgb=True)
         if self.compile and not self._compile_failed:
             try:
                 if self._compiled is None:
