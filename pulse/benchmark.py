@@ -113,17 +113,9 @@ def profile_step(generator: Generator, lr_images: torch.Tensor, seed: int = 0) -
     from torch.profiler import ProfilerActivity, profile, schedule
 
     profiler = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=1, repeat=1))
-    stamps: list[float] = []
-
-    def advance(info: StepInfo) -> None:
-        stamps.append(time.perf_counter())
-        profiler.step()
-
-    settings = SearchSettings(steps=2, bad_noise_layers=(), seed=seed)
     with profiler:
-        PulseSolver(generator, settings=settings).solve(lr_images, callback=advance)
+        (step,), _ = time_search(generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step)
     convolution_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if "conv" in event.key)
-    step = stamps[1] - stamps[0]
     return StepProfile(step_s=step, convolution_s=convolution_us / 1e6, convolution_share=convolution_us / 1e6 / step)
 
 
@@ -148,12 +140,14 @@ def time_search(
     warmup: int,
     steps: int,
     seed: int = 0,
+    on_step: Callable[[], Any] | None = None,
 ) -> tuple[list[float], torch.Tensor]:
     """Seconds of each of ``steps`` solver steps after ``warmup`` untimed ones.
 
     Args:
         generator: the generator searched (on its device).
         lr_images: ``[B, 3, h, w]`` targets in [0, 1]; ``B`` is the batch measured.
+        on_step: called after each step's time stamp (e.g. a profiler's ``step``).
 
     Returns:
         The step durations and the search's best images ``[B, 3, R, R]`` (on the CPU).
@@ -169,6 +163,8 @@ def time_search(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         stamps.append(time.perf_counter())
+        if on_step is not None:
+            on_step()
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -254,7 +254,7 @@ def run_search(
         problems: all inputs of the run (finished ones are skipped, so a rerun resumes).
         out_dir: the run folder (see :mod:`pulse.outputs`).
         batch_size: inputs per optimisation (each with ``duplicates`` samples), or ``"auto"``: the size with
-            the most images per second on the run's device and precision, probed with a few real steps at
+            the most inputs per second on the run's device and precision, probed with a few real steps at
             1, 2, 4, ... up to ``auto_batch_limit`` (:mod:`pulse.autobatch`; written to ``batch_size.json``).
         auto_batch_limit: the largest size ``batch_size="auto"`` tries.
         trainer: ``pl.Trainer`` arguments (``accelerator``, ``devices``, ``precision``, ``strategy``, ...).
