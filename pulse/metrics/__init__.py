@@ -1,4 +1,4 @@
-"""Metrics of a PULSE run: agreement with the input, with the ground truth, realism and diversity.
+"""Metrics of a PULSE run: agreement with the input, with the ground truth, realism, diversity, identity, skin tone.
 
 Each run metric (see :mod:`pulse.metrics.base`) adds per-sample columns to ``results.csv``; a metric
 that cannot be computed records ``null`` and says why in one line.
@@ -8,12 +8,27 @@ from __future__ import annotations
 
 from pulse.metrics.base import MetricValues, RunMetric
 from pulse.metrics.diversity import Diversity, mean_pairwise, pixel_mse
+from pulse.metrics.face_metrics import FaceMetrics
+from pulse.metrics.faces import (
+    FaceLandmarks,
+    FacesUnavailable,
+    count_identities,
+    face_descriptors,
+    face_landmarks,
+    faces_available,
+    identity_distance,
+)
 from pulse.metrics.fidelity import GroundTruthFidelity, downscale_error, psnr, ssim
 from pulse.metrics.lpips import LPIPSMetric, LPIPSUnavailable, load_lpips, lpips_available, lpips_distance
 from pulse.metrics.niqe import NIQE, NIQEMetric, NIQEScore, niqe, niqe_scores
+from pulse.metrics.skin import ITA_GROUPS, ita, ita_group, skin_mask, srgb_to_lab
 
 __all__ = [
     "Diversity",
+    "FaceLandmarks",
+    "FaceMetrics",
+    "FacesUnavailable",
+    "ITA_GROUPS",
     "GroundTruthFidelity",
     "LPIPSMetric",
     "LPIPSUnavailable",
@@ -22,7 +37,14 @@ __all__ = [
     "NIQEMetric",
     "NIQEScore",
     "RunMetric",
+    "count_identities",
     "default_metrics",
+    "face_descriptors",
+    "face_landmarks",
+    "faces_available",
+    "identity_distance",
+    "ita",
+    "ita_group",
     "load_lpips",
     "lpips_available",
     "lpips_distance",
@@ -32,10 +54,12 @@ __all__ = [
     "niqe_scores",
     "pixel_mse",
     "psnr",
+    "skin_mask",
+    "srgb_to_lab",
     "ssim",
 ]
 
 
 def default_metrics(lpips_net: str | None = "alex") -> list[RunMetric]:
     """The metrics a run reports unless configured otherwise."""
-    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net), NIQEMetric()]
+    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net), NIQEMetric(), FaceMetrics()]
