@@ -11,8 +11,8 @@ How an image ``[3, H, W]`` in [0, 1] is read:
   bicubic up, antialiased down). dlib's frontal detector needs faces of about 80 px, and its recognition
   network reads a 150 px face chip, so a 64 px output is upsampled before either sees it;
 - the frontal face detector (HOG, no upsampling at 256 px) looks for faces; the highest-scoring one is used;
-- when it finds none, as happens on tight aligned crops (about 1 in 4 of the embedded generator's 64 px
-  faces, 1 in 20 CelebA crops), **the whole image is taken as the face box**: PULSE's inputs and outputs
+- when it finds none, as happens on tight aligned crops (about 1 in 3 of the embedded generator's 64 px
+  faces, 1 in 18 CelebA crops at 64 px), **the whole image is taken as the face box**: PULSE's inputs and outputs
   are aligned face crops by construction. On 40 CelebA crops where the detector did find the face, the
   descriptor from the whole-image box was 0.036 (median; max 0.11) from the detected box's, far below
   dlib's same-person threshold of 0.6. :attr:`FaceLandmarks.detected` says which box each image got;
