@@ -16,16 +16,23 @@ import pytest
 import torch
 from PIL import Image
 
-from pulse.cache import cache_dir
-from pulse.data import Problem
+from pulse.celeba import CelebAUnavailable, celeba_photos
+from pulse.data import CELEBA_FACE_BOX, Problem, celeba_face
 from pulse.metrics import FaceMetrics, count_identities, faces_available, ita_group, srgb_to_lab
 from pulse.metrics import face_metrics as face_metrics_module
 from pulse.metrics.skin import ita_of_lab
 from tests.helpers import fake_result
 
-# Read at collection, before conftest points PULSE_CACHE at an empty folder for each test.
-CELEBA = sorted((cache_dir() / "celeba").rglob("*.jpg")) if (cache_dir() / "celeba").is_dir() else []
-CELEBA_BOX = (25, 57, 153, 185)  # the 128 px face square of an aligned 178x218 CelebA photo
+
+def fetched_celeba() -> list[Path]:
+    """The fetched CelebA photos; read at collection, before conftest points PULSE_CACHE at an empty folder."""
+    try:
+        return celeba_photos()
+    except CelebAUnavailable:
+        return []
+
+
+CELEBA = fetched_celeba()
 
 needs_faces = pytest.mark.skipif(not faces_available(), reason='needs the faces extra (pip install -e ".[faces]")')
 needs_celeba = pytest.mark.skipif(len(CELEBA) < 4, reason="needs real CelebA crops: run `pulse-fetch celeba`")
@@ -47,10 +54,6 @@ def astronaut_face() -> Image.Image:
     """Eileen Collins' face from ``skimage.data.astronaut()``, framed like an aligned CelebA crop."""
     skdata = pytest.importorskip("skimage.data")
     return Image.fromarray(skdata.astronaut()).crop((158, 50, 282, 174))
-
-
-def celeba_face(path: Path, size: int = 64) -> torch.Tensor:
-    return to_tensor(Image.open(path).crop(CELEBA_BOX), size)
 
 
 def darker(image: torch.Tensor, factor: float = 0.6) -> torch.Tensor:
@@ -131,8 +134,8 @@ def test_ita_is_lower_for_a_darkened_face_and_the_region_is_skin():
 def test_identity_and_skin_tone_on_real_celeba_crops():
     from pulse.metrics import identity_distance, ita
 
-    faces = torch.stack([celeba_face(path) for path in CELEBA[:4]])
-    compressed = torch.stack([to_tensor(jpeg(Image.open(path), 40).crop(CELEBA_BOX), 64) for path in CELEBA[:4]])
+    faces = torch.stack([celeba_face(path, 64) for path in CELEBA[:4]])  # HR of data=celeba
+    compressed = torch.stack([to_tensor(jpeg(Image.open(path), 40).crop(CELEBA_FACE_BOX), 64) for path in CELEBA[:4]])
     assert identity_distance(faces, faces).abs().max() == 0
     assert identity_distance(faces, compressed).max() < 0.3
     others = faces[[1, 2, 3, 0]]
