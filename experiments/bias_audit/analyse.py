@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""Skin-tone groups of the bias audit: per-group table, plot and significance tests from its run folders.
+
+    python experiments/bias_audit/analyse.py multirun/bias_audit --out experiments/bias_audit [--census]
+
+Reads every run folder below the given folders (``results.csv`` with the face columns of
+:mod:`pulse.metrics.face_metrics`), puts each sample in the ITA group of its *ground truth*
+(:data:`pulse.metrics.skin.ITA_GROUPS`) and reports per solver, scale and group:
+
+- n (samples; one per face and scale here), PULSE's success rate at eps,
+- ``ita_shift`` (output ITA - true ITA, degrees; positive = lighter) mean with a 95 % bootstrap CI,
+- ``id_dist_hr`` mean with a 95 % bootstrap CI and ``id_match_hr`` (distance <= 0.6) with a 95 % Wilson CI;
+
+and across groups, per solver and scale: Kruskal-Wallis H tests of ``ita_shift`` and ``id_dist_hr``
+(groups with at least 2 samples), a chi-squared test of success against group, and Spearman's rank
+correlation of ``ita_shift`` with the true ITA. ``--census`` adds the ITA groups of all fetched CelebA
+crops (needs the ``faces`` extra and ``pulse-fetch celeba``). Writes ``table.md`` and ``plot.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+
+from pulse import tables  # noqa: E402
+from pulse.metrics.skin import ITA_GROUPS, ita_group  # noqa: E402
+
+GROUP_NAMES = [name for name, _, _ in ITA_GROUPS]
+BOOTSTRAP = 10_000
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (NaN for fewer than 2 values)."""
+    data = np.asarray(values, dtype=np.float64)
+    if len(data) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(BOOTSTRAP, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def wilson_ci(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaN when ``total`` is 0)."""
+    if total == 0:
+        return math.nan, math.nan
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _float(cell: str | None) -> float:
+    return float(cell) if cell not in (None, "") else math.nan
+
+
+def samples(roots: Sequence[str | Path]) -> list[dict]:
+    """One record per sample: solver, generator, scale, name, success and the face columns."""
+    records = []
+    for run in tables.find_runs(*roots):
+        solver = run.value("solver") or "pulse"
+        generator = run.value("generator") or "?"
+        for row in run.rows:
+            records.append(
+                {
+                    "solver": solver,
+                    "generator": generator,
+                    "scale": int(row["scale"]),
+                    "name": row["name"],
+                    "success": row["success"] == "True",
+                    **{key: _float(row.get(key)) for key in ("ita_hr", "ita_sr", "ita_shift", "id_dist_hr")},
+                    "id_match_hr": _float(row.get("id_match_hr")),
+                }
+            )
+    return records
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _mean_ci(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "–"
+    low, high = bootstrap_ci(values)
+    spread = "" if math.isnan(low) else f" [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+    return f"{_fmt(float(np.mean(values)), digits)}{spread}"
+
+
+def _rate_ci(hits: int, total: int) -> str:
+    if total == 0:
+        return "–"
+    low, high = wilson_ci(hits, total)
+    return f"{100 * hits / total:.0f}% ({hits}/{total}) [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def group_rows(records: list[dict]) -> list[list[str]]:
+    """Table rows: solver, scale, group, n, success, ita_shift, id_dist_hr, id_match_hr."""
+    rows = []
+    keys = sorted({(r["generator"], r["solver"], r["scale"]) for r in records})
+    for generator, solver, scale in keys:
+        chosen = [r for r in records if (r["generator"], r["solver"], r["scale"]) == (generator, solver, scale)]
+        for group in [*GROUP_NAMES, "all"]:
+            members = [r for r in chosen if group == "all" or ita_group(r["ita_hr"]) == group]
+            shifts = [r["ita_shift"] for r in members if math.isfinite(r["ita_shift"])]
+            distances = [r["id_dist_hr"] for r in members if math.isfinite(r["id_dist_hr"])]
+            matches = [r["id_match_hr"] for r in members if math.isfinite(r["id_match_hr"])]
+            rows.append(
+                [
+                    generator,
+                    solver,
+                    f"x{scale}",
+                    f"**{group}**" if group == "all" else group,
+                    str(len(members)),
+                    _rate_ci(sum(r["success"] for r in members), len(members)),
+                    _mean_ci(shifts),
+                    _mean_ci(distances, 3),
+                    _rate_ci(int(sum(matches)), len(matches)),
+                ]
+            )
+    return rows
+
+
+def tests(records: list[dict]) -> list[list[str]]:
+    """Across-group tests per generator, solver and scale."""
+    from scipy import stats
+
+    out = []
+    keys = sorted({(r["generator"], r["solver"], r["scale"]) for r in records})
+    for generator, solver, scale in keys:
+        chosen = [r for r in records if (r["generator"], r["solver"], r["scale"]) == (generator, solver, scale)]
+        cells = [generator, solver, f"x{scale}"]
+        for column in ("ita_shift", "id_dist_hr"):
+            by_group = [
+                [r[column] for r in chosen if ita_group(r["ita_hr"]) == g and math.isfinite(r[column])]
+                for g in GROUP_NAMES
+            ]
+            by_group = [values for values in by_group if len(values) >= 2]
+            if len(by_group) >= 2:
+                statistic, p = stats.kruskal(*by_group)
+                cells.append(f"H={statistic:.2f}, p={p:.3g} ({len(by_group)} groups)")
+            else:
+                cells.append("– (fewer than 2 groups with 2+ samples)")
+        table = [
+            [sum(r["success"] for r in chosen if ita_group(r["ita_hr"]) == g), 0] for g in GROUP_NAMES
+        ]  # successes, failures per group
+        for row, g in zip(table, GROUP_NAMES, strict=True):
+            row[1] = sum(not r["success"] for r in chosen if ita_group(r["ita_hr"]) == g)
+        table = [row for row in table if sum(row) > 0]
+        column_sums = np.asarray(table).sum(axis=0) if table else np.zeros(2)
+        if len(table) >= 2 and (column_sums > 0).all():
+            chi2, p, dof, _ = stats.chi2_contingency(np.asarray(table))
+            cells.append(f"chi2={chi2:.2f}, dof={dof}, p={p:.3g}")
+        else:
+            cells.append("– (one group, or all successes or all failures)")
+        pairs = [(r["ita_hr"], r["ita_shift"]) for r in chosen if math.isfinite(r["ita_shift"])]
+        if len(pairs) >= 3:
+            rho, p = stats.spearmanr(*zip(*pairs, strict=True))
+            cells.append(f"rho={rho:.2f}, p={p:.3g} (n={len(pairs)})")
+        else:
+            cells.append("–")
+        out.append(cells)
+    return out
+
+
+def census(size: int = 64) -> Counter:
+    """ITA groups of the ground truth of every fetched CelebA photo (data=celeba's crop at ``size`` px)."""
+    import torch
+
+    from pulse.celeba import celeba_photos
+    from pulse.data import celeba_face
+    from pulse.metrics.skin import ita
+
+    photos = celeba_photos()
+    counts: Counter = Counter()
+    for start in range(0, len(photos), 50):
+        batch = torch.stack([celeba_face(path, size) for path in photos[start : start + 50]])
+        counts.update(ita_group(float(v)) for v in ita(batch))
+    return counts
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" :--- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["generator"], r["solver"], r["scale"]) for r in records})
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(GROUP_NAMES))
+    width = 0.8 / max(len(keys), 1)
+    for k, key in enumerate(keys):
+        chosen = [r for r in records if (r["generator"], r["solver"], r["scale"]) == key]
+        for axis, column in zip(axes, ("ita_shift", "id_dist_hr"), strict=True):
+            means, lows, highs = [], [], []
+            for group in GROUP_NAMES:
+                values = [r[column] for r in chosen if ita_group(r["ita_hr"]) == group and math.isfinite(r[column])]
+                mean = float(np.mean(values)) if values else math.nan
+                low, high = bootstrap_ci(values) if values else (math.nan, math.nan)
+                means.append(mean)
+                lows.append(mean - low if math.isfinite(low) else 0.0)
+                highs.append(high - mean if math.isfinite(high) else 0.0)
+            label = f"{key[1]} x{key[2]}" + ("" if key[0] == "dcgan_faces" else f" ({key[0]})")
+            axis.errorbar(
+                x + (k - (len(keys) - 1) / 2) * width, means, yerr=[lows, highs], fmt="o", capsize=3, label=label
+            )
+    axes[0].axhline(0, color="grey", linewidth=0.8)
+    axes[0].set_ylabel("ita_shift = ITA(output) - ITA(truth), degrees\n(> 0: output lighter)")
+    axes[1].axhline(0.6, color="grey", linewidth=0.8, linestyle="--")
+    axes[1].set_ylabel("id_dist_hr (dlib; <= 0.6 same person)")
+    for axis in axes:
+        axis.set_xticks(x, GROUP_NAMES, rotation=20)
+        axis.set_xlabel("skin-tone group of the true face (ITA)")
+    axes[0].legend(fontsize=8)
+    figure.suptitle("Bias audit: real CelebA faces, mean and 95% bootstrap CI per skin-tone group")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", help="sweep folders holding the audit's run folders")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for table.md and plot.png")
+    parser.add_argument("--census", action="store_true", help="also count the ITA groups of all fetched photos")
+    args = parser.parse_args(argv)
+    records = samples(args.roots)
+    if not records:
+        raise SystemExit(f"no samples under {args.roots}")
+    faces = len({r["name"].rsplit("_x", 1)[0] for r in records})
+    parts = [
+        f"Samples: {len(records)} ({faces} faces). Mean [95% CI]: bootstrap of the mean ({BOOTSTRAP} resamples,"
+        " seed 0) for ita_shift (degrees, > 0 = output lighter) and id_dist_hr; Wilson score interval for the"
+        " rates. Groups by the ITA of the true face.",
+        "",
+        markdown(
+            [
+                "generator",
+                "solver",
+                "scale",
+                "ITA group",
+                "n",
+                "success at eps",
+                "ita_shift",
+                "id_dist_hr",
+                "id_match_hr (<= 0.6)",
+            ],
+            group_rows(records),
+        ),
+        "",
+        "Across groups (Kruskal-Wallis over groups with 2+ samples; chi-squared of success x group; Spearman of"
+        " ita_shift with the true ITA, which regression to the mean biases negative):",
+        "",
+        markdown(
+            [
+                "generator",
+                "solver",
+                "scale",
+                "ita_shift: Kruskal-Wallis",
+                "id_dist_hr: Kruskal-Wallis",
+                "success: chi-squared",
+                "ita_shift vs true ITA: Spearman",
+            ],
+            tests(records),
+        ),
+    ]
+    if args.census:
+        counts = census()
+        parts += [
+            "",
+            f"All {sum(counts.values())} fetched CelebA crops (64 px, data=celeba's HR) by ITA group: "
+            + ", ".join(f"{name} {counts.get(name, 0)}" for name in GROUP_NAMES),
+        ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.md").write_text("\n".join(parts) + "\n")
+    plot(records, args.out / "plot.png")
+    print((args.out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
