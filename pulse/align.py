@@ -1,10 +1,12 @@
 """FFHQ-style face alignment: facial landmarks -> oriented square crop -> ``size x size`` image.
 
 Follows the recipe NVIDIA used to build FFHQ (``recreate_aligned_images`` in NVlabs/ffhq-dataset), which
-the PULSE StyleGAN was trained on: from the eye centres and mouth corners it chooses an oriented square
-(the *quad*), shrinks very large photos first, crops around the quad, pads with reflections where it
-leaves the photo (optionally blurred and faded to the median colour, as FFHQ did), resamples the quad to a
-square of ``supersample * size`` pixels and reduces that to ``size`` with a Lanczos filter (antialiasing).
+the PULSE StyleGAN was trained on and official PULSE's ``align_face.py`` copies: from the eye centres and mouth
+corners it chooses an oriented square (the *quad*), shrinks very large photos first, crops around the quad, pads
+with reflections where it leaves the photo (optionally blurred and faded to the median colour, as FFHQ did),
+resamples the quad to a square of ``supersample * size`` pixels and reduces that to ``size`` with a Lanczos
+filter (antialiasing). With dlib's 68 landmarks (:mod:`pulse.faces`) the output equals official PULSE's pixel
+for pixel (``tests/test_align_dlib.py``).
 
 Coordinates: landmarks are ``[n, 2]`` arrays of ``(x, y)`` pixel positions with pixel centres at integers
 (dlib's convention; ``(0, 0)`` is the centre of the top-left pixel). "Left" and "right" mean the image's
