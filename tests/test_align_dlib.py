@@ -239,3 +239,20 @@ def test_celeba_photos_have_one_face_each(detector):
     for path in CELEBA:
         faces = detector(np.asarray(Image.open(path).convert("RGB")))
         assert len(faces) == 1, path.name
+
+
+@needs_dlib
+def test_exif_rotated_photo_is_detected_upright(astronaut, tmp_path):
+    """dlib ignores the EXIF orientation; the faces are found and aligned on the upright photo instead."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    upright = Image.fromarray(astronaut)
+    upright.save(folder / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter to the left; viewers turn it back
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "sideways.png", exif=exif)
+    out = tmp_path / "out"
+    assert _script().main([str(folder), str(out), "--size", "32", "--quiet"]) == 0
+    for i in (0, 1):
+        sideways = np.asarray(Image.open(out / "hr" / f"sideways_{i}.png"))
+        np.testing.assert_array_equal(sideways, np.asarray(Image.open(out / "hr" / f"upright_{i}.png")))
