@@ -220,6 +220,7 @@ def test_cli_aligns_every_face_like_official_pulse(astronaut, tmp_path, capsys, 
 
 
 @needs_dlib
+@pytest.mark.slow
 def test_official_size_on_real_photos(astronaut, tmp_path):
     """At official PULSE's own size (1024, resampled at 4096): the padded astronaut and one CelebA photo."""
     folder = tmp_path / "in"
