@@ -1,10 +1,12 @@
 """FFHQ-style face alignment: facial landmarks -> oriented square crop -> ``size x size`` image.
 
 Follows the recipe NVIDIA used to build FFHQ (``recreate_aligned_images`` in NVlabs/ffhq-dataset), which
-the PULSE StyleGAN was trained on: from the eye centres and mouth corners it chooses an oriented square
-(the *quad*), shrinks very large photos first, crops around the quad, pads with reflections where it
-leaves the photo (optionally blurred and faded to the median colour, as FFHQ did), resamples the quad to a
-square of ``supersample * size`` pixels and reduces that to ``size`` with a Lanczos filter (antialiasing).
+the PULSE StyleGAN was trained on and official PULSE's ``align_face.py`` copies: from the eye centres and mouth
+corners it chooses an oriented square (the *quad*), shrinks very large photos first, crops around the quad, pads
+with reflections where it leaves the photo (optionally blurred and faded to the median colour, as FFHQ did),
+resamples the quad to a square of ``supersample * size`` pixels and reduces that to ``size`` with a Lanczos
+filter (antialiasing). With dlib's 68 landmarks (:mod:`pulse.faces`) the output equals official PULSE's pixel
+for pixel (``tests/test_align_dlib.py``).
 
 Coordinates: landmarks are ``[n, 2]`` arrays of ``(x, y)`` pixel positions with pixel centres at integers
 (dlib's convention; ``(0, 0)`` is the centre of the top-left pixel). "Left" and "right" mean the image's
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from pulse.data import to_uint8
 from pulse.downscale import BicubicDownscale, check_factor
@@ -145,16 +147,19 @@ def _pad(image: Image.Image, pad: tuple[int, int, int, int], qsize: float, blur_
     """Reflect-pad by ``(left, top, right, bottom)``; with ``blur_fade`` blur and fade the padding like FFHQ.
 
     Plain reflections show mirrored features (a second chin, half faces) at the border; FFHQ hides them by
-    blurring the padding and fading it towards the median colour with the distance from the photo.
+    blurring the padding and fading it towards the median colour with the distance from the photo. As in
+    FFHQ's script everything is float32 until the one final rounding, and the blur is SciPy's Gaussian
+    (sigma 2% of the crop, reflect mode, truncated at 4 sigma).
     """
     left, top, right, bottom = pad
     array = np.pad(np.asarray(image, dtype=np.float32), ((top, bottom), (left, right), (0, 0)), mode="reflect")
     if blur_fade:
+        from scipy.ndimage import gaussian_filter  # noqa: PLC0415 - only this padding mode needs SciPy
+
         height, width, _ = array.shape
         mask = _edge_fade(height, width, pad)
-        padded = Image.fromarray(np.uint8(np.clip(np.rint(array), 0, 255)))
-        blurred = np.asarray(padded.filter(ImageFilter.GaussianBlur(qsize * 0.02)), dtype=np.float32)
-        array += (blurred - array) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+        blur = qsize * 0.02
+        array += (gaussian_filter(array, [blur, blur, 0]) - array) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
         array += (np.median(array, axis=(0, 1)) - array) * np.clip(mask, 0.0, 1.0)
     return Image.fromarray(np.uint8(np.clip(np.rint(array), 0, 255)))
 
@@ -193,12 +198,11 @@ def align_face(
     # Bilinear sampling does not antialias, so very large faces are first reduced to 2-4x the output.
     shrink = math.floor(qsize / size * 0.5)
     if shrink > 1:
-        new_size = (round(photo.width / shrink), round(photo.height / shrink))
-        scale = np.array([new_size[0] / photo.width, new_size[1] / photo.height])
-        photo = photo.resize(new_size, Image.Resampling.LANCZOS)
-        # Pixel centres sit at integers, so resizing maps p to (p + 0.5) * scale - 0.5.
-        quad = (quad + 0.5) * scale - 0.5
-        qsize *= float(scale.mean())
+        photo = photo.resize((round(photo.width / shrink), round(photo.height / shrink)), Image.Resampling.LANCZOS)
+        # As FFHQ and official PULSE do; mapping pixel centres ((p + 0.5) / shrink - 0.5) would be exact, but
+        # then the output would no longer match theirs (it moves the crop by up to half a shrunk pixel).
+        quad /= shrink
+        qsize /= shrink
 
     # Crop to the quad plus a border, so that padding and resampling touch only what is needed.
     border = max(round(qsize * 0.1), 3)
@@ -355,7 +359,9 @@ class DetectorUnavailable(RuntimeError):
     """No landmark detector can run here; the message says how to get one or to pass a landmarks file."""
 
 
-NO_DETECTOR = "no landmark detector available: pass --landmarks FILE or pip install -e .[align]"
+NO_DETECTOR = (
+    "no landmark detector available: pip install -e '.[faces]' (dlib, as official PULSE) or pass --landmarks FILE"
+)
 
 
 class MediaPipeLandmarks:
@@ -369,7 +375,10 @@ class MediaPipeLandmarks:
         try:
             import mediapipe  # noqa: PLC0415 - optional dependency, imported only when asked for
         except ImportError:
-            raise DetectorUnavailable(NO_DETECTOR) from None
+            raise DetectorUnavailable(
+                "mediapipe not installed: pip install -e '.[align]', use --detector dlib "
+                "(pip install -e '.[faces]') or pass --landmarks FILE"
+            ) from None
         face_mesh = getattr(getattr(mediapipe, "solutions", None), "face_mesh", None)
         if face_mesh is None:
             version = getattr(mediapipe, "__version__", "?")

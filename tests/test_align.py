@@ -229,13 +229,13 @@ def test_cli_aligns_a_folder_and_records_failures(photos, tmp_path, capsys):
     )
     assert code == 0
     captured = capsys.readouterr()
-    assert "align_faces: 2/4 aligned to 64 px" in captured.out and "2 skipped" in captured.out
+    assert "align_faces: 2 faces from 2/4 photos aligned to 64 px" in captured.out and "2 skipped" in captured.out
     assert "broken.png" in captured.err and "no landmarks for nomarks.png" in captured.err
     skipped = json.loads((out / "skipped.json").read_text())
     assert set(skipped) == {"broken.png", "nomarks.png"} and "cannot read image" in skipped["broken.png"]
 
-    assert sorted(p.name for p in (out / "hr").iterdir()) == ["tilted.png", "upright.png"]
-    for name in ("tilted.png", "upright.png"):
+    assert sorted(p.name for p in (out / "hr").iterdir()) == ["tilted_0.png", "upright_0.png"]
+    for name in ("tilted_0.png", "upright_0.png"):
         hr, lr = load_image(out / "hr" / name), load_image(out / "lr" / name)
         assert hr.shape == (3, 64, 64) and lr.shape == (3, 8, 8)
         # The LR file is the paper's downscale of the HR file, up to 8-bit rounding.
@@ -256,8 +256,8 @@ def test_cli_survives_an_unexpected_error(photos, tmp_path, capsys):
     script.align_image = flaky
     out = tmp_path / "out"
     assert script.main([str(folder), str(out), "--size", "32", "--landmarks", str(marks), "--quiet"]) == 0
-    assert "unexpected RuntimeError: out of memory" in json.loads((out / "skipped.json").read_text())["tilted.jpg"]
-    assert "1/4 aligned" in capsys.readouterr().out
+    assert "unexpected RuntimeError: out of memory" in json.loads((out / "skipped.json").read_text())["tilted.jpg#0"]
+    assert "1 faces from 1/4 photos aligned" in capsys.readouterr().out
 
 
 def test_cli_single_file_without_factor(photos, tmp_path):
@@ -267,18 +267,24 @@ def test_cli_single_file_without_factor(photos, tmp_path):
         _script().main([str(folder / "upright.png"), str(out), "--size", "32", "--landmarks", str(marks), "--quiet"])
         == 0
     )
-    assert load_image(out / "hr" / "upright.png").shape == (3, 32, 32) and not (out / "lr").exists()
+    assert load_image(out / "hr" / "upright_0.png").shape == (3, 32, 32) and not (out / "lr").exists()
     assert json.loads((out / "skipped.json").read_text()) == {}
 
 
 def test_cli_without_landmarks_or_detector_says_what_to_do(photos, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mediapipe", None)  # import mediapipe now raises ImportError
+    monkeypatch.setitem(sys.modules, "dlib", None)  # and so does import dlib
     with pytest.raises(DetectorUnavailable, match="pass --landmarks FILE"):
         MediaPipeLandmarks()
     folder, _ = photos
     assert _script().main([str(folder), str(tmp_path / "out"), "--size", "64", "--quiet"]) == 2
     assert NO_DETECTOR in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    for detector, fix in (("dlib", "dlib unavailable"), ("mediapipe", "mediapipe not installed")):
+        assert _script().main([str(folder), str(tmp_path / "out"), "--detector", detector, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert fix in err and len(err.strip().splitlines()) == 1
+    assert "pip install -e '.[faces]'" in err
 
 
 def test_cli_rejects_a_factor_that_does_not_divide(photos, tmp_path, capsys):
