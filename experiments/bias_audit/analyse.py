@@ -36,6 +36,7 @@ from pulse.metrics.skin import ITA_GROUPS, ita_group  # noqa: E402
 
 GROUP_NAMES = [name for name, _, _ in ITA_GROUPS]
 BOOTSTRAP = 10_000
+FINITE_CHECKED = ("id_dist_hr", "ita_shift")
 
 
 def bootstrap_ci(values: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -268,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts = [
         f"Samples: {len(records)} ({faces} faces). Mean [95% CI]: bootstrap of the mean ({BOOTSTRAP} resamples,"
         " seed 0) for ita_shift (degrees, > 0 = output lighter) and id_dist_hr; Wilson score interval for the"
-        " rates. Groups by the ITA of the true face.",
+        " rates. Groups by the ITA of the true face. Finite values: "
+        + ", ".join(f"{c} {sum(math.isfinite(r[c]) for r in records)}/{len(records)}" for c in FINITE_CHECKED)
+        + ".",
         "",
         markdown(
             [
