@@ -116,6 +116,8 @@ def test_ita_is_lower_for_a_darkened_face_and_the_region_is_skin():
     landmarks = face_landmarks(photo)
     assert ita(shade, landmarks) < ita(photo, landmarks) - 10
     assert ita(shade) < ita(photo) - 10  # with each image's own landmarks
+    gray = photo.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    assert ita(gray, landmarks).isnan().all()  # a grayscale photo has no skin colour to measure
     mask = skin_mask(landmarks.points, 128, 128)[0]
     assert mask.sum() > 200
     # No pixel of the region lies inside the eyes, brows or lips (their landmark polygons).

@@ -14,7 +14,8 @@ Reads every run folder below the given folders (``results.csv`` with the face co
 and across groups, per solver and scale: Kruskal-Wallis H tests of ``ita_shift`` and ``id_dist_hr``
 (groups with at least 2 samples), a chi-squared test of success against group with a permutation p-value
 (groups are small, so the asymptotic chi-squared would not hold), and Spearman's rank
-correlation of ``ita_shift`` with the true ITA. ``--census`` adds the ITA groups of all fetched CelebA
+correlation of ``ita_shift`` with the true ITA. Samples whose ITA is undefined (NaN, or beyond +-89 degrees:
+a grayscale photo) count in n but in no skin-tone group and in no ITA mean. ``--census`` adds the ITA groups of all fetched CelebA
 crops (needs the ``faces`` extra and ``pulse-fetch celeba``). Writes ``table.md`` and ``plot.png``.
 """
 
@@ -37,6 +38,9 @@ from pulse.metrics.skin import ITA_GROUPS, ita_group  # noqa: E402
 GROUP_NAMES = [name for name, _, _ in ITA_GROUPS]
 BOOTSTRAP = 10_000
 FINITE_CHECKED = ("id_dist_hr", "ita_shift")
+# pulse.metrics.skin.ita gives NaN where the skin region's mean b* < 1 (grayscale photos, whose angle sits at
+# +-90 degrees); results written before that rule are filtered here by the angle itself.
+UNDEFINED_ITA = 89.0
 
 
 def bootstrap_ci(values: Sequence[float], seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -99,6 +103,10 @@ def samples(roots: Sequence[str | Path]) -> list[dict]:
         solver = run.value("solver") or ("ilo" if has_ilo else "pulse")
         generator = run.value("generator") or "?"
         for row in run.rows:
+            tone = {key: _float(row.get(key)) for key in ("ita_hr", "ita_sr")}
+            for key, value in tone.items():
+                if abs(value) >= UNDEFINED_ITA:  # near-neutral region (runs made before ita's b* >= 1 rule)
+                    tone[key] = math.nan
             records.append(
                 {
                     "solver": solver,
@@ -106,7 +114,9 @@ def samples(roots: Sequence[str | Path]) -> list[dict]:
                     "scale": int(row["scale"]),
                     "name": row["name"],
                     "success": row["success"] == "True",
-                    **{key: _float(row.get(key)) for key in ("ita_hr", "ita_sr", "ita_shift", "id_dist_hr")},
+                    **tone,
+                    "ita_shift": tone["ita_sr"] - tone["ita_hr"],
+                    "id_dist_hr": _float(row.get("id_dist_hr")),
                     "id_match_hr": _float(row.get("id_match_hr")),
                 }
             )

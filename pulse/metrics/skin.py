@@ -17,7 +17,13 @@ The skin region (:func:`skin_mask`) is built from dlib's 68 landmarks (:mod:`pul
 Eyes, brows, lips, nostrils, hair above the forehead band and background lie outside. ITA is computed
 from the region's **mean** ``L*`` and mean ``b*`` (the colour averaged over the region, then its angle):
 averaging per-pixel angles instead would let dark pixels with ``b*`` near 0, where the angle swings by
-up to 180 degrees, dominate.
+up to 180 degrees, dominate. Skin is yellowish (``b*`` typically 10-25); a region whose mean ``b*`` is
+below :data:`MIN_B_STAR` (1) is near-neutral or bluish (a grayscale photo, whose ``b*`` is ~0 and whose angle
+would sit at +-90 degrees whatever the lightness, or a strong colour cast), so its ITA is NaN.
+
+ITA measures the photo, not only the person: on uncalibrated photos it moves with exposure and lighting as
+well as with skin (see ``experiments/bias_audit``: in CelebA most faces with ITA < -30 are underexposed or
+shadowed photos). Shifts within one photo (``ita_shift``) do not depend on that.
 
 sRGB -> CIELAB uses the sRGB transfer function, the sRGB/Rec.709 primaries and the D65 white
 (``Xn, Yn, Zn = 0.95047, 1, 1.08883``), as ``skimage.color.rgb2lab`` does by default.
@@ -60,6 +66,7 @@ D65_WHITE = (0.95047, 1.0, 1.08883)
 _CHEEKS = ((1, 2, 3, 48, 31, 40, 41), (15, 14, 13, 54, 35, 47, 46))
 CHEEK_SHRINK = 0.7
 FOREHEAD_BAND = (0.15, 0.45)  # interocular distances above the brows
+MIN_B_STAR = 1.0  # below this mean b* the region is near-neutral (grayscale photo): no ITA
 
 
 def srgb_to_lab(images: torch.Tensor) -> torch.Tensor:
@@ -133,8 +140,8 @@ def ita(images: torch.Tensor, landmarks: FaceLandmarks | None = None, regions: S
 
     ITA of the mean ``L*`` and mean ``b*`` over the landmark-defined skin region (cheeks and forehead by
     default; see the module notes); lower is darker. NaN where the region holds no pixel (a face too
-    small). ``landmarks`` (from :func:`pulse.metrics.faces.face_landmarks`) are computed when not given;
-    that needs the ``faces`` extra.
+    small) or its mean ``b*`` is below 1 (grayscale photo or colour cast: ITA undefined). ``landmarks``
+    (from :func:`pulse.metrics.faces.face_landmarks`) are computed when not given; that needs the ``faces`` extra.
     """
     if landmarks is None:
         landmarks = face_landmarks(images)
@@ -144,7 +151,8 @@ def ita(images: torch.Tensor, landmarks: FaceLandmarks | None = None, regions: S
     count = weight.flatten(1).sum(1)
     mean = (lab * weight).flatten(2).sum(2) / count.clamp_min(1).unsqueeze(1)
     angle = ita_of_lab(mean[:, 0], mean[:, 2]).cpu()
-    return torch.where(count.cpu() > 0, angle, torch.full_like(angle, math.nan))
+    defined = (count > 0) & (mean[:, 2] >= MIN_B_STAR)  # no pixels, or no skin colour to measure
+    return torch.where(defined.cpu(), angle, torch.full_like(angle, math.nan))
 
 
 def ita_group(value: float) -> str | None:
