@@ -14,9 +14,10 @@ Reads every run folder below the given folders (``results.csv`` with the face co
 and across groups, per solver and scale: Kruskal-Wallis H tests of ``ita_shift`` and ``id_dist_hr``
 (groups with at least 2 samples), a chi-squared test of success against group with a permutation p-value
 (groups are small, so the asymptotic chi-squared would not hold), and Spearman's rank
-correlation of ``ita_shift`` with the true ITA. Samples whose ITA is undefined (NaN, or beyond +-89 degrees:
-a grayscale photo) count in n but in no skin-tone group and in no ITA mean. ``--census`` adds the ITA groups of all fetched CelebA
-crops (needs the ``faces`` extra and ``pulse-fetch celeba``). Writes ``table.md`` and ``plot.png``.
+correlation of ``ita_shift`` with the true ITA. Samples whose ITA is undefined (NaN, or beyond +-89
+degrees: a grayscale photo) count in the "all" rows but in no skin-tone group and in no ITA mean.
+``--census`` adds the ITA groups of all fetched CelebA crops (needs the ``faces`` extra and
+``pulse-fetch celeba``). Writes ``table.md`` and ``plot.png``.
 """
 
 from __future__ import annotations
