@@ -229,6 +229,25 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _group_stats(chosen: list[dict], column: str) -> tuple[list[float], list[float], list[float]]:
+    """Per ITA group: mean and the distances below and above it to the 95 % CI (bootstrap; Wilson for success)."""
+    means, below, above = [], [], []
+    for group in GROUP_NAMES:
+        members = [r for r in chosen if ita_group(r["ita_hr"]) == group]
+        if column == "success":
+            hits = sum(r["success"] for r in members)
+            mean = hits / len(members) if members else math.nan
+            low, high = wilson_ci(hits, len(members))
+        else:
+            values = [r[column] for r in members if math.isfinite(r[column])]
+            mean = float(np.mean(values)) if values else math.nan
+            low, high = bootstrap_ci(values)
+        means.append(mean)
+        below.append(max(0.0, mean - low) if math.isfinite(low) else 0.0)  # rounding can put a bound a hair past
+        above.append(max(0.0, high - mean) if math.isfinite(high) else 0.0)
+    return means, below, above
+
+
 def plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -236,35 +255,33 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     keys = sorted({(r["generator"], r["solver"], r["scale"]) for r in records})
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (
+        ("ita_shift", "ita_shift = ITA(output) - ITA(truth), degrees\n(> 0: output lighter)", 0.0),
+        ("id_dist_hr", "id_dist_hr (dlib; <= 0.6: same person)", 0.6),
+        ("success", "success rate at eps", None),
+    )
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     x = np.arange(len(GROUP_NAMES))
     width = 0.8 / max(len(keys), 1)
     for k, key in enumerate(keys):
         chosen = [r for r in records if (r["generator"], r["solver"], r["scale"]) == key]
-        for axis, column in zip(axes, ("ita_shift", "id_dist_hr"), strict=True):
-            means, lows, highs = [], [], []
-            for group in GROUP_NAMES:
-                values = [r[column] for r in chosen if ita_group(r["ita_hr"]) == group and math.isfinite(r[column])]
-                mean = float(np.mean(values)) if values else math.nan
-                low, high = bootstrap_ci(values) if values else (math.nan, math.nan)
-                means.append(mean)
-                lows.append(mean - low if math.isfinite(low) else 0.0)
-                highs.append(high - mean if math.isfinite(high) else 0.0)
-            label = f"{key[1]} x{key[2]}" + ("" if key[0] == "dcgan_faces" else f" ({key[0]})")
-            axis.errorbar(
-                x + (k - (len(keys) - 1) / 2) * width, means, yerr=[lows, highs], fmt="o", capsize=3, label=label
-            )
-    axes[0].axhline(0, color="grey", linewidth=0.8)
-    axes[0].set_ylabel("ita_shift = ITA(output) - ITA(truth), degrees\n(> 0: output lighter)")
-    axes[1].axhline(0.6, color="grey", linewidth=0.8, linestyle="--")
-    axes[1].set_ylabel("id_dist_hr (dlib; <= 0.6 same person)")
-    for axis in axes:
-        axis.set_xticks(x, GROUP_NAMES, rotation=20)
+        label = f"{key[1]} x{key[2]}" + ("" if key[0] == "dcgan_faces" else f" ({key[0]})")
+        for axis, (column, _, _) in zip(axes, panels, strict=True):
+            means, below, above = _group_stats(chosen, column)
+            offset = x + (k - (len(keys) - 1) / 2) * width
+            axis.errorbar(offset, means, yerr=[below, above], fmt="o", capsize=3, label=label)
+    first = [r for r in records if (r["generator"], r["solver"], r["scale"]) == keys[0]]
+    counts = [sum(ita_group(r["ita_hr"]) == group for r in first) for group in GROUP_NAMES]
+    for axis, (_, ylabel, line) in zip(axes, panels, strict=True):
+        if line is not None:
+            axis.axhline(line, color="grey", linewidth=0.8, linestyle="--" if line else "-")
+        axis.set_ylabel(ylabel)
+        axis.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(GROUP_NAMES, counts, strict=True)], fontsize=8)
         axis.set_xlabel("skin-tone group of the true face (ITA)")
     axes[0].legend(fontsize=8)
-    figure.suptitle("Bias audit: real CelebA faces, mean and 95% bootstrap CI per skin-tone group")
+    figure.suptitle("Bias audit, real CelebA faces: mean and 95% CI per skin-tone group (bootstrap; Wilson for rates)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
