@@ -270,8 +270,12 @@ def plot(records: list[dict], path: Path) -> None:
             means, below, above = _group_stats(chosen, column)
             offset = x + (k - (len(keys) - 1) / 2) * width
             axis.errorbar(offset, means, yerr=[below, above], fmt="o", capsize=3, label=label)
-    first = [r for r in records if (r["generator"], r["solver"], r["scale"]) == keys[0]]
-    counts = [sum(ita_group(r["ita_hr"]) == group for r in first) for group in GROUP_NAMES]
+    # Samples per group in the largest setting (all settings hold the same faces once each is complete).
+    counts = [
+        max(sum(ita_group(r["ita_hr"]) == group for r in records if (r["generator"], r["solver"], r["scale"]) == key)
+            for key in keys)
+        for group in GROUP_NAMES
+    ]  # fmt: skip
     for axis, (_, ylabel, line) in zip(axes, panels, strict=True):
         if line is not None:
             axis.axhline(line, color="grey", linewidth=0.8, linestyle="--" if line else "-")
