@@ -17,7 +17,8 @@ and across groups, per solver and scale: Kruskal-Wallis H tests of ``ita_shift``
 correlation of ``ita_shift`` with the true ITA. Samples whose ITA is undefined (NaN, or beyond +-89
 degrees: a grayscale photo) count in the "all" rows but in no skin-tone group and in no ITA mean.
 ``--census`` adds the ITA groups of all fetched CelebA crops (needs the ``faces`` extra and
-``pulse-fetch celeba``). Writes ``table.md`` and ``plot.png``.
+``pulse-fetch celeba``); ``--prior-samples N`` the ITA groups of N faces sampled from the embedded DCGAN.
+Writes ``table.md`` and ``plot.png``.
 """
 
 from __future__ import annotations
@@ -223,6 +224,18 @@ def census(size: int = 64) -> Counter:
     return counts
 
 
+def prior_census(samples: int, seed: int = 1234) -> tuple[Counter, list[float], int]:
+    """ITA groups, ITA values and undefined count of faces sampled from the embedded DCGAN prior."""
+    from pulse.generators.base import sample_images
+    from pulse.generators.dcgan import DCGANGenerator
+    from pulse.metrics.skin import ita
+
+    faces = sample_images(DCGANGenerator.pretrained(), samples, seed=seed)
+    values = [float(v) for v in ita(faces)]
+    counts = Counter(ita_group(v) for v in values if math.isfinite(v))
+    return counts, [v for v in values if math.isfinite(v)], sum(not math.isfinite(v) for v in values)
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" :--- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -293,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("roots", nargs="+", help="sweep folders holding the audit's run folders")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for table.md and plot.png")
     parser.add_argument("--census", action="store_true", help="also count the ITA groups of all fetched photos")
+    parser.add_argument(
+        "--prior-samples", type=int, default=0, help="also the ITA groups of this many embedded-DCGAN samples"
+    )
     args = parser.parse_args(argv)
     records = samples(args.roots)
     if not records:
@@ -343,6 +359,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             "",
             f"All {sum(counts.values())} fetched CelebA crops (64 px, data=celeba's HR) by ITA group: "
             + ", ".join(f"{name} {counts.get(name, 0)}" for name in GROUP_NAMES),
+        ]
+    if args.prior_samples:
+        counts, values, undefined = prior_census(args.prior_samples)
+        quartiles = np.percentile(values, [25, 50, 75])
+        parts += [
+            "",
+            f"{args.prior_samples} faces sampled from the embedded DCGAN prior (seed 1234) by ITA group: "
+            + ", ".join(f"{name} {counts.get(name, 0)}" for name in GROUP_NAMES)
+            + f", undefined {undefined}; ITA median {quartiles[1]:.1f}, "
+            f"quartiles {quartiles[0]:.1f} .. {quartiles[2]:.1f}",
         ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text("\n".join(parts) + "\n")
