@@ -358,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parts += [
             "",
             f"All {sum(counts.values())} fetched CelebA crops (64 px, data=celeba's HR) by ITA group: "
-            + ", ".join(f"{name} {counts.get(name, 0)}" for name in GROUP_NAMES),
+            + ", ".join(f"{name} {counts.get(name, 0)}" for name in GROUP_NAMES)
+            + f", undefined (grayscale) {counts.get(None, 0)}",
         ]
     if args.prior_samples:
         counts, values, undefined = prior_census(args.prior_samples)
