@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 
 from pulse.metrics.faces import FaceLandmarks, face_landmarks
 
-# ITA categories (Del Bino et al. 2006; the groups of the FAccT 2024 fairness-in-upsampling benchmark),
+# ITA skin-colour categories (Del Bino et al. 2006, the usual ones in dermatology and skin-tone audits),
 # as (name, lower bound, upper bound) in degrees: lower < ITA <= upper.
 ITA_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("very light", 55.0, math.inf),
