@@ -9,8 +9,8 @@ The skin region (:func:`skin_mask`) is built from dlib's 68 landmarks (:mod:`pul
 - each **cheek**: the polygon jaw point 1, 2, 3 (or 15, 14, 13), mouth corner 48 (54), nose wing 31 (35)
   and the lower eyelid 41, 40 (46, 47), shrunk to 70 % around its centroid so that the eye, nose, mouth
   and jaw edges (and the background beyond the jaw) stay outside;
-- the **forehead**: a band above the inner halves of the brows (from the middle of the left brow, point 19,
-  to the middle of the right one, 24), from 0.15 to 0.45 interocular distances above the brows' top,
+- the **forehead**: a band above the inner halves of the brows (from the middle of the image-left brow, point 19,
+  to the middle of the image-right one, 24), from 0.15 to 0.45 interocular distances above the brows' top,
   along the face's vertical axis. Bangs falling over the forehead do enter it (choose
   ``regions=("cheeks",)`` to avoid them).
 
@@ -23,7 +23,7 @@ would sit at +-90 degrees whatever the lightness, or a strong colour cast), so i
 
 ITA measures the photo, not only the person: on uncalibrated photos it moves with exposure and lighting as
 well as with skin (see ``experiments/bias_audit``: in CelebA most faces with ITA < -30 are underexposed or
-shadowed photos). Shifts within one photo (``ita_shift``) do not depend on that.
+shadowed photos). A shift within one photo (``ita_shift``) compares two images of the same exposure.
 
 sRGB -> CIELAB uses the sRGB transfer function, the sRGB/Rec.709 primaries and the D65 white
 (``Xn, Yn, Zn = 0.95047, 1, 1.08883``), as ``skimage.color.rgb2lab`` does by default.
