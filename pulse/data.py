@@ -91,7 +91,7 @@ def load_image(path: str | Path) -> torch.Tensor:
             array = _to_rgb_array(ImageOps.exif_transpose(image), path)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: cannot read image ({error})") from error
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f"{path}: empty image")

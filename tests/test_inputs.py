@@ -148,3 +148,12 @@ def test_folder_of_odd_files_runs_end_to_end(tmp_path):
     assert "non-square" in skipped["wide.png"] and "allowed input sizes" in skipped["odd17.png"]
     images = ImageFolder(tmp_path / "in", resolution=16)
     assert len(images.files) == sum(expected.values()) + 5  # the five unreadable or unusable images
+
+
+def test_an_image_too_large_for_pil_is_a_named_skip_not_a_crash(tmp_path, monkeypatch):
+    from pulse.data import ImageError, load_image
+
+    _save(tmp_path / "huge.png", np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 64 px is more than twice the limit: PIL's bomb error
+    with pytest.raises(ImageError, match="huge.png: cannot read image"):
+        load_image(tmp_path / "huge.png")
