@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> RunSummary:
     problems = list(data)
     skipped = getattr(data, "skipped", {})
     if not problems:
-        raise RuntimeError(f"no usable input images; skipped: {skipped}")
+        raise RuntimeError(f"no usable input images ({len(skipped)} skipped):\n  " + "\n  ".join(skipped.values()))
     log.info("%d inputs, loss %s, generator %s", len(problems), solver.loss, type(generator).__name__)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
