@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
@@ -195,15 +196,33 @@ def _unsafe_torch_globals(data: bytes) -> list[str]:
         names = [name for blob in pickles for name in pickle_globals(blob)]
     else:
         names = pickle_globals(data)
-    # The reconstructors a plain tensor file is made of, which the weights-only reader allows.
-    return [n for n in names if not n.startswith(("torch.", "collections.OrderedDict", "builtins.set"))]
+    # Leave out what the weights-only reader allows (tensor rebuilders, dtypes, OrderedDict, ...).
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without that list: its tensor rebuilders, by prefix
+        allowed = {n for n in names if n.startswith(("torch._utils.", "torch.storage.")) or n.endswith("Storage")}
+        allowed |= {"collections.OrderedDict", "torch.Size", "torch.device"}
+    return [n for n in names if n not in allowed]
 
 
 def _torch_reason(error: Exception) -> str:
-    """torch's explanation of a refused load, without its advice to load the file unsafely."""
-    advice = ("weights_only", "Weights only load failed", "trusted source", "documentation of torch.load")
-    lines = [line.strip() for line in str(error).splitlines()]
-    kept = [line for line in lines if line and not any(a in line for a in advice)]
+    """torch's explanation of a refused load, without its advice to load the file unsafely or allow-list it."""
+    advice = (
+        "weights_only",
+        "Weights only",
+        "trust",
+        "documentation",
+        "safe_globals",
+        "file an issue",
+        "still be loaded",
+    )
+    kept = []
+    for line in str(error).splitlines():
+        for sentence in re.split(r"(?<=[.:])\s+", line.strip()):
+            if sentence and sentence != "WeightsUnpickler error:" and not any(a in sentence for a in advice):
+                kept.append(sentence)
     return " ".join(kept)[:300] or type(error).__name__
 
 

@@ -108,3 +108,14 @@ def test_plain_files_still_load_and_globals_are_listed_without_running(tmp_path,
     for protocol in (0, 2, 4):
         names = pickle_globals(pickle.dumps([_Shell("true"), {"x": 1}], protocol=protocol))
         assert len(names) == 1 and names[0].endswith(".system")
+
+
+def test_a_torch_global_that_is_not_data_is_named_too(tmp_path, marker):
+    class _Hub:
+        def __reduce__(self):
+            return (torch.hub.load, (str(tmp_path), "model"))
+
+    torch.save({"w": torch.zeros(1), "x": _Hub()}, tmp_path / "hub.pt")
+    with pytest.raises(UnsafePickleError, match=r"refused hub\.pt: it asks for torch\.hub\.load,") as error:
+        load_torch_weights(tmp_path / "hub.pt")
+    assert_refused(error.value, marker, r"torch\.hub\.load")
