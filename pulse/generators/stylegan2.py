@@ -43,7 +43,7 @@ from torch import nn
 from pulse.cache import cache_dir as default_cache_dir
 from pulse.generators.base import freeze
 from pulse.generators.stylegan import GaussianisedLatent, cached_gaussian_fit, gaussian_fit, pixel_norm
-from pulse.safe_pickle import NUMPY_ALLOWED, load_torch_weights, restricted_load, stub_class
+from pulse.safe_pickle import NUMPY_ALLOWED, UnsafePickleError, load_torch_weights, restricted_load, stub_class
 
 LRELU_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2.0)
@@ -579,7 +579,11 @@ def read_nvidia_pkl(path: Path | str | bytes) -> tuple[dict[str, torch.Tensor], 
         pickle.UnpicklingError: the pickle names a global outside :func:`nvidia_allowed_globals`.
         RuntimeError: no ``G_ema`` network in it, or layers with different ``conv_clamp`` values.
     """
-    data = restricted_load(path, nvidia_allowed_globals())
+    try:
+        data = restricted_load(path, nvidia_allowed_globals())
+    except UnsafePickleError as error:
+        label = "the pickle" if isinstance(path, bytes) else Path(path).name
+        raise UnsafePickleError(f"{label}: {error}") from None
     network = data.get("G_ema") if isinstance(data, dict) else None
     if network is None:
         found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
