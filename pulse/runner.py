@@ -212,13 +212,16 @@ def split_solvable(
     (gray or inpainting with a smaller input, ...) is skipped with its reason instead of stopping the
     run after earlier batches were written.
     """
+    check = getattr(solver, "check_input_size", None)
+    if check is None:  # a solver without the check: every input goes to the search
+        return list(problems), {}
     reasons: dict[tuple[int, ...], str | None] = {}
     usable, refused = [], {}
     for problem in problems:
         shape = tuple(problem.lr.shape[-2:])
         if shape not in reasons:
             try:
-                solver.check_input_size(*shape)
+                check(*shape)
                 reasons[shape] = None
             except ValueError as error:
                 reasons[shape] = str(error)
