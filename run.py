@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,12 +17,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pulse.generators.base import check_generator
-from pulse.ilo import ILOSettings, ILOSolver
-from pulse.outputs import RunSummary
-from pulse.runner import check_batch_size, run_search
-from pulse.runtime import set_tf32, tune_cpu_allocator
-from pulse.solver import PulseSolver, SearchSettings
+if TYPE_CHECKING:
+    from pulse.outputs import RunSummary
 
 log = logging.getLogger("pulse")
 
@@ -79,6 +75,14 @@ def objective_value(summary: RunSummary, objective: str) -> float | None:
 
 def run(cfg: DictConfig) -> RunSummary:
     """Run PULSE as configured; returns the run's summary (also written to ``out_dir/summary.json``)."""
+    # Imported here, not at the top: torch and Lightning take seconds to import, which `--help`, `--cfg job`
+    # and a mistyped option (Hydra answers before calling this) need not wait for.
+    from pulse.generators.base import check_generator
+    from pulse.ilo import ILOSettings, ILOSolver
+    from pulse.runner import check_batch_size, run_search
+    from pulse.runtime import set_tf32, tune_cpu_allocator
+    from pulse.solver import PulseSolver, SearchSettings
+
     if cfg.get("tune_cpu_allocator", True):
         tune_cpu_allocator()  # large CPU feature maps reuse freed memory instead of page-faulting anew
     set_tf32(bool(cfg.get("tf32", False)))  # torch's default lets cuDNN convolutions round to TF32
@@ -110,7 +114,7 @@ def run(cfg: DictConfig) -> RunSummary:
     problems = list(data)
     skipped = getattr(data, "skipped", {})
     if not problems:
-        raise RuntimeError(f"no usable input images; skipped: {skipped}")
+        raise RuntimeError(f"no usable input images ({len(skipped)} skipped):\n  " + "\n  ".join(skipped.values()))
     log.info("%d inputs, loss %s, generator %s", len(problems), solver.loss, type(generator).__name__)
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]

@@ -132,8 +132,8 @@ def load_tf_pickle(path: str | os.PathLike[str]) -> TFNetwork:
         obj = restricted_load(path, TF_PICKLE_ALLOWED, encoding="latin1")
     except pickle.UnpicklingError as error:
         raise ConversionError(
-            f"refusing {Path(path).name}: {error}. A StyleGAN (v1) pickle only needs numpy arrays and "
-            "dnnlib.tflib.network.Network objects; this file asks for more, so it is not loaded."
+            f"refusing {Path(path).name}: {error} (a StyleGAN (v1) pickle needs only numpy arrays and "
+            "dnnlib.tflib.network.Network objects)"
         ) from error
     except (EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
         raise ConversionError(f"{Path(path).name} is not a readable pickle: {type(error).__name__}: {error}") from error

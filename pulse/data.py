@@ -20,7 +20,11 @@ from pulse.degradations import degrade, operator_factory
 from pulse.downscale import integer_factor
 from pulse.generators.base import Generator, sample_images
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+# Raster formats PIL reads that photographs come in (GIF and multi-page TIFF: the first frame).
+IMAGE_SUFFIXES = (
+    ".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi", ".jp2", ".j2k", ".avif",
+)  # fmt: skip
 
 
 class ImageError(ValueError):
@@ -32,14 +36,17 @@ class Problem:
     """One super-resolution problem.
 
     Attributes:
-        name: unique, filesystem-safe identifier (file stem or ``face_0003_x4``).
+        name: unique identifier, used in output file names: the file's stem (its whole name when two
+            files share a stem, e.g. ``photo.webp`` and ``photo.bmp``), or ``face003_x4``.
         lr: ``[3, h, w]`` float32 in [0, 1].
         hr: ``[3, H, W]`` ground truth in [0, 1], or ``None`` when unknown.
+        source: the file it was read from (its name in the folder), or ``None``.
     """
 
     name: str
     lr: torch.Tensor
     hr: torch.Tensor | None = None
+    source: str | None = None
 
 
 def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
@@ -60,6 +67,8 @@ def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
         return rgba[..., :3] * rgba[..., 3:]
     if mode in ("L", "1"):
         warnings.warn(f"{path.name}: grayscale image replicated to RGB", stacklevel=3)
+    if mode == "CMYK":
+        warnings.warn(f"{path.name}: CMYK image converted to RGB without a colour profile", stacklevel=3)
     if mode == "RGB" and image.info.get("bits", 8) == 8:
         return np.asarray(image, dtype=np.float32) / 255.0
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -76,10 +85,13 @@ def load_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"{path.name}: the first of its {frames} frames is used", stacklevel=2)
             array = _to_rgb_array(ImageOps.exif_transpose(image), path)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: cannot read image ({error})") from error
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(f"{path}: empty image")
@@ -101,15 +113,64 @@ def save_image(image: torch.Tensor, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def image_files(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted; a clear error if there are none."""
+def scan_folder(folder: str | Path) -> tuple[list[Path], dict[str, str]]:
+    """The image files directly inside ``folder`` (sorted), and ``{entry: why not taken}`` for every other entry.
+
+    Images are recognised by extension (:data:`IMAGE_SUFFIXES`); sub-folders are not entered.
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in input folder {folder}")
+    images, others = [], {}
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            others[entry.name] = f"{entry.name}: a folder (sub-folders are not read; point data.path at it)"
+        elif not entry.is_file():
+            others[entry.name] = f"{entry.name}: not a regular file (a broken link?)"
+        elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+            kind = f"extension {entry.suffix!r}" if entry.suffix else "no extension"
+            others[entry.name] = f"{entry.name}: not an image file ({kind})"
+        else:
+            images.append(entry)
+    return images, others
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted; a clear error if there are none."""
+    files, others = scan_folder(folder)
+    _require_images(folder, files, others)
     return files
+
+
+def _require_images(folder: str | Path, files: Sequence[Path], others: dict[str, str]) -> None:
+    if not files:
+        found = f"; found only: {'; '.join(others.values())}" if others else ""
+        raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in input folder {folder}{found}")
+
+
+def unique_names(files: Sequence[Path]) -> tuple[dict[Path, str], dict[str, str]]:
+    """``{file: name}`` with distinct names, and ``{file name: why skipped}`` for a name still taken.
+
+    A name is the file's stem, or its whole file name when another file has the same stem
+    (``photo.webp`` and ``photo.bmp``). Only a pathological folder (``a.png``, ``a.jpg`` and
+    ``a.png.jpg``) is left with a clash: the later file in sorted order is skipped.
+    """
+    stems: dict[str, int] = {}
+    for path in files:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    names: dict[Path, str] = {}
+    taken: dict[str, Path] = {}
+    clashes: dict[str, str] = {}
+    for path in files:
+        name = path.stem if stems[path.stem] == 1 else path.name
+        if name in taken:
+            clashes[path.name] = (
+                f"{path.name}: its output name {name!r} is already {taken[name].name}'s; rename one of them"
+            )
+            continue
+        names[path] = name
+        taken[name] = path
+    return names, clashes
 
 
 class ImageFolder:
@@ -135,11 +196,18 @@ class ImageFolder:
         strict: bool = False,
         degradation: str | Callable[[int], nn.Module] | None = None,
     ) -> None:
-        self.files = image_files(path)
+        files, others = scan_folder(path)
+        _require_images(path, files, others)
+        self.names, clashes = unique_names(files)
+        self.files = list(self.names)
         self.resolution = resolution
         self.factor = factor
         self.strict = strict
-        self.skipped: dict[str, str] = {}
+        # Every entry of the folder that yields no problem, with why: not an image, a name clash, or
+        # (added while iterating) an image that cannot be used.
+        self.skipped: dict[str, str] = {**others, **clashes}
+        for reason in self.skipped.values():
+            warnings.warn(f"not taken: {reason}", stacklevel=2)
         self.operator: nn.Module | None = None
         if factor is not None:
             integer_factor(resolution, resolution // factor if factor > 0 else 0)
@@ -160,13 +228,13 @@ class ImageFolder:
                 integer_factor(self.resolution, height)
             except ValueError as error:
                 raise ImageError(f"{path}: {error}") from None
-            return Problem(path.stem, image)
+            return Problem(self.names[path], image, source=path.name)
         if height != self.resolution:
             raise ImageError(
                 f"{path}: ground-truth images must be {self.resolution}x{self.resolution}, got {width}x{height}"
             )
         lr = degrade(self.operator, image[None])[0].clamp(0, 1)
-        return Problem(path.stem, lr, image)
+        return Problem(self.names[path], lr, image, source=path.name)
 
     def __iter__(self) -> Iterator[Problem]:
         for path in self.files:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pulse.downscale import AreaDownscale, BicubicDownscale, check_factor
+from pulse.safe_pickle import load_torch_weights
 
 # ITU-R BT.601 luma weights (what PIL's convert("L") uses).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -137,7 +138,7 @@ def load_array(path: str | Path, what: str) -> np.ndarray:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
         elif suffix in (".pt", ".pth"):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = load_torch_weights(path)
             if not isinstance(loaded, torch.Tensor):
                 raise ValueError(f"expected a single tensor, found {type(loaded).__name__}")
             array = loaded.detach().double().numpy()

@@ -39,16 +39,53 @@ def check_factor(height: int, width: int, factor: int) -> None:
         raise ValueError(f"image of size {height}x{width} is not divisible by the downscale factor {factor}")
 
 
+PAD_MODES = ("reflect", "replicate", "circular", "constant")
+
+
+def extend(images: torch.Tensor, before: int, after: int, dim: int, mode: str = "reflect") -> torch.Tensor:
+    """Pad ``images`` by ``before``/``after`` samples along ``dim`` (-1 or -2), any amount in any mode.
+
+    ``F.pad`` refuses reflect padding as wide as the image (and circular padding wider than it), which
+    large factors need: a 1 px input of a 64 px generator pads 96 px on each side. Then the mirror
+    (or periodic) extension is continued as far as needed: index ``i`` maps to ``i mod 2(n - 1)``
+    folded back into ``[0, n)`` (a 1 px image repeats its pixel). Where ``F.pad`` can, it is used,
+    and both give the same numbers.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"unknown padding {mode!r}; valid: {', '.join(PAD_MODES)}")
+    size = images.shape[dim]
+    fits = (
+        mode in ("replicate", "constant")
+        or max(before, after) < size
+        or (mode == "circular" and max(before, after) <= size)
+    )
+    if fits:
+        pad = (before, after, 0, 0) if dim == -1 else (0, 0, before, after)
+        return F.pad(images, pad, mode=mode)
+    index = torch.arange(-before, size + after, device=images.device)
+    if mode == "circular" or size == 1:
+        index = index % size
+    else:
+        period = 2 * (size - 1)
+        index = index % period
+        index = torch.where(index >= size, period - index, index)
+    return images.index_select(dim, index)
+
+
 class BicubicDownscale(nn.Module):
     """The PULSE paper's operator: separable antialiased bicubic (Keys, ``a = -0.5``), reflect padding.
 
     Filtering uses ``4 * factor`` taps at stride ``factor``, padded by ``3 * factor`` in total per
-    dimension (``floor(3 * factor / 2)`` before), first along rows then along columns.
+    dimension (``floor(3 * factor / 2)`` before), first along rows then along columns. The padding
+    (``reflect``, ``replicate``, ``circular`` or ``constant``) works for every factor: where it is wider
+    than the image (factor 64 on a 64 px image) the mirror is continued (see :func:`extend`).
     """
 
     def __init__(self, factor: int, a: float = -0.5, padding: str = "reflect") -> None:
         super().__init__()
         check_factor(factor, factor, factor)
+        if padding not in PAD_MODES:
+            raise ValueError(f"unknown bicubic padding {padding!r}; valid: {', '.join(PAD_MODES)}")
         self.factor = int(factor)
         self.padding = padding
         self.register_buffer("taps", bicubic_taps(self.factor, a), persistent=False)
@@ -64,9 +101,9 @@ class BicubicDownscale(nn.Module):
         taps = self.taps.to(dtype=images.dtype)
         vertical = taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
         horizontal = taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-        x = F.pad(images, (0, 0, before, after), mode=self.padding)
+        x = extend(images, before, after, dim=-2, mode=self.padding)
         x = F.conv2d(x, vertical, stride=(self.factor, 1), groups=channels)
-        x = F.pad(x, (before, after, 0, 0), mode=self.padding)
+        x = extend(x, before, after, dim=-1, mode=self.padding)
         return F.conv2d(x, horizontal, stride=(1, self.factor), groups=channels)
 
     def extra_repr(self) -> str:

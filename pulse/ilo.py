@@ -103,6 +103,10 @@ class ILOSolver:
         self.loss = base.loss
         self.total_steps = base.settings.steps + len(self.ilo.blocks) * self.ilo.steps
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Why ``[h, w]`` inputs cannot be searched, as :meth:`PulseSolver.check_input_size`."""
+        self.base.check_input_size(height, width)
+
     def solve(
         self,
         lr_images: torch.Tensor,

@@ -6,12 +6,12 @@ PULSE value, so a batch of independent searches is one optimisation with no cros
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -73,20 +73,6 @@ class LossInputs:
     groups: torch.Tensor | None = None
 
 
-def lpips_lr(lr_gen: torch.Tensor, lr_ref: torch.Tensor, net: str = "alex", size: int = 64) -> torch.Tensor:
-    """LPIPS between the downscaled output and the input, ``[B]``.
-
-    Both are nearest-upsampled to ``size`` px first (the same operator on both, so a perfect match
-    still gives 0): LPIPS backbones need at least ~32 px and LR inputs are often 8-16 px.
-    """
-    from pulse.metrics.lpips import lpips_distance
-
-    if lr_gen.shape[-1] < size:
-        lr_gen = F.interpolate(lr_gen, size=(size, size), mode="nearest")
-        lr_ref = F.interpolate(lr_ref, size=(size, size), mode="nearest")
-    return lpips_distance(lr_gen, lr_ref, net)
-
-
 def duplicate_diversity(hr_gen: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
     """Minus the mean squared distance of each sample to the other samples of its input, ``[B]``.
 
@@ -105,38 +91,44 @@ def duplicate_diversity(hr_gen: torch.Tensor, groups: torch.Tensor | None) -> to
 LossTerm = Callable[[LossInputs], torch.Tensor]
 
 
-def niqe_hr(hr_gen: torch.Tensor) -> torch.Tensor:
-    """Differentiable NIQE (gray, no 8-bit rounding) of the generated images ``[B, 3, H, W]`` -> ``[B]``.
-
-    Needs outputs of at least 192 px (two 96-px blocks per side); see :func:`pulse.metrics.niqe.niqe_loss`.
-    """
-    from pulse.metrics.niqe import niqe_loss  # lazy: pulse.metrics imports the solver, which imports this module
-
-    return niqe_loss(hr_gen)
-
-
 LOSS_TERMS: dict[str, LossTerm] = {
     "l2": lambda x: l2(x.lr_gen, x.lr_ref, x.eps),
     "l1": lambda x: l1(x.lr_gen, x.lr_ref, x.eps),
     "geocross": lambda x: geocross(x.style),
-    "lpips_lr": lambda x: lpips_lr(x.lr_gen, x.lr_ref),
     "diversity": lambda x: duplicate_diversity(x.hr_gen, x.groups),
-    "niqe": lambda x: niqe_hr(x.hr_gen),
 }
 
-# Terms that need weights from disk: checked when a loss is built, so a run fails before it starts.
-_PREREQUISITES: dict[str, Callable[[], None]] = {"lpips_lr": lambda: _require_lpips("alex")}
+# Terms built on perceptual measures (the LPIPS network, NIQE's model) are defined in a module above this
+# one, so that losses depend on no metric; a loss that names one imports that module, which registers it.
+PLUGIN_TERMS: dict[str, str] = {"lpips_lr": "pulse.perceptual_terms", "niqe": "pulse.perceptual_terms"}
+
+# Checks run when a loss with the term is built (weights on disk, ...), so a run fails before it starts.
+_PREREQUISITES: dict[str, Callable[[], None]] = {}
 
 
-def _require_lpips(net: str) -> None:
-    from pulse.metrics.lpips import load_lpips
+def register_loss_term(name: str, term: LossTerm, prerequisite: Callable[[], None] | None = None) -> None:
+    """Make ``term`` selectable by ``name`` in :class:`PulseLoss` (and in ``loss.terms`` of a config).
 
-    load_lpips(net)  # raises LPIPSUnavailable with the fetch command
-
-
-def register_loss_term(name: str, term: LossTerm) -> None:
-    """Make ``term`` selectable by ``name`` in :class:`PulseLoss` (and in ``loss.terms`` of a config)."""
+    ``prerequisite`` is called when a loss using the term is built; it raises if the term cannot work.
+    """
     LOSS_TERMS[name.lower()] = term
+    if prerequisite is not None:
+        _PREREQUISITES[name.lower()] = prerequisite
+
+
+def _known_term(name: str) -> bool:
+    """Whether ``name`` is a term, importing the module of a plugin term on first use."""
+    name = name.lower()
+    if name not in LOSS_TERMS and name in PLUGIN_TERMS:
+        importlib.import_module(PLUGIN_TERMS[name])
+    return name in LOSS_TERMS
+
+
+def __getattr__(name: str) -> Any:
+    # lpips_lr and niqe_hr lived here before the perceptual terms moved above the metrics.
+    if name in ("lpips_lr", "niqe_hr"):
+        return getattr(importlib.import_module("pulse.perceptual_terms"), name)
+    raise AttributeError(f"module 'pulse.losses' has no attribute {name!r}")
 
 
 def _term_weight(name: str, spec: float | Mapping[str, Any]) -> float:
@@ -161,9 +153,9 @@ class PulseLoss(nn.Module):
         super().__init__()
         if not terms:
             raise ValueError(f"the loss has no terms; choose from {sorted(LOSS_TERMS)}")
-        unknown = [name for name in terms if name.lower() not in LOSS_TERMS]
+        unknown = [name for name in terms if not _known_term(name)]
         if unknown:
-            raise ValueError(f"unknown loss term(s) {unknown}; valid terms: {sorted(LOSS_TERMS)}")
+            raise ValueError(f"unknown loss term(s) {unknown}; valid terms: {sorted({*LOSS_TERMS, *PLUGIN_TERMS})}")
         self.weights = {name.lower(): _term_weight(name, spec) for name, spec in terms.items()}
         self.eps = float(eps)
         for name in self.weights:

@@ -203,6 +203,37 @@ def log_run_end(loggers: Sequence[Logger], summary: RunSummary, rows: list[dict[
         logger.finalize("success")
 
 
+def split_solvable(
+    solver: PulseSolver | ILOSolver, problems: Sequence[Problem]
+) -> tuple[list[Problem], dict[str, str]]:
+    """The problems the solver can search, and ``{file or name: why not}`` for the others.
+
+    Asked once per input size, before any search, so an input the downscale option cannot serve
+    (gray or inpainting with a smaller input, ...) is skipped with its reason instead of stopping the
+    run after earlier batches were written.
+    """
+    check = getattr(solver, "check_input_size", None)
+    if check is None:  # a solver without the check: every input goes to the search
+        return list(problems), {}
+    reasons: dict[tuple[int, ...], str | None] = {}
+    usable, refused = [], {}
+    for problem in problems:
+        shape = tuple(problem.lr.shape[-2:])
+        if shape not in reasons:
+            try:
+                check(*shape)
+                reasons[shape] = None
+            except ValueError as error:
+                reasons[shape] = str(error)
+        if reasons[shape] is None:
+            usable.append(problem)
+        else:
+            key = problem.source or problem.name
+            refused[key] = f"{key}: {reasons[shape]}"
+            log.warning("skipping %s", refused[key])
+    return usable, refused
+
+
 def check_batch_size(batch_size: int | str) -> int | str:
     """A positive integer or ``"auto"``; anything else is refused with the valid forms."""
     if batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
@@ -264,7 +295,8 @@ def run_search(
         progress: progress bars over inputs and over steps.
         log_steps: per-step loss curves to the loggers.
         frames_every: also write ``frames/<name>_<d>.gif`` recorded every this many steps (0: off).
-        skipped_inputs: unusable inputs and why, reported in the summary.
+        skipped_inputs: unusable inputs and why, reported in the summary; inputs the solver cannot search
+            (:func:`split_solvable`) are added to them.
 
     Returns:
         The summary of all samples in the folder (on every process).
@@ -272,6 +304,12 @@ def run_search(
     out_dir = Path(out_dir)
     batch_size = check_batch_size(batch_size)
     metrics = default_metrics() if metrics is None else list(metrics)
+    problems, refused = split_solvable(solver, problems)
+    if refused and not problems:
+        raise ValueError(
+            f"no input can be searched with this generator and downscale option: {next(iter(refused.values()))}"
+        )
+    skipped_inputs = {**(skipped_inputs or {}), **refused}
     store = ResultStore(out_dir, metrics=metrics)
     pending = store.pending(problems, solver.settings.duplicates)
     if len(pending) < len(problems):

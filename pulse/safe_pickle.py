@@ -6,8 +6,10 @@ references must be listed in an explicit ``{(module, name): object}`` mapping an
 given object -- the real thing for harmless data constructors (numpy arrays, ``OrderedDict``) or an
 inert stand-in from :func:`stub_class` for classes whose code we must not run (e.g. the ``dnnlib``
 classes inside TensorFlow-era StyleGAN pickles). Anything else is refused with
-:class:`pickle.UnpicklingError` naming the global, before it is called. Persistent ids (used by
-``torch.save``) are refused too; torch files go through ``torch.load(weights_only=True)``.
+:class:`UnsafePickleError` (a :class:`pickle.UnpicklingError`) naming the global, before it is called.
+Persistent ids (used by ``torch.save``) are refused too; torch files go through
+:func:`load_torch_weights` (``torch.load(weights_only=True)`` with the same kind of one-line refusal, and
+never torch's advice to load the file unsafely).
 """
 
 from __future__ import annotations
@@ -18,18 +20,33 @@ import importlib
 import io
 import os
 import pickle
-from collections.abc import Callable, Mapping
+import pickletools
+import re
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import IO, Any
 
 __all__ = [
     "NUMPY_ALLOWED",
     "RestrictedUnpickler",
+    "UnsafePickleError",
+    "load_torch_weights",
+    "pickle_globals",
     "restricted_load",
     "stub_class",
 ]
 
 AllowList = Mapping[tuple[str, str], object]
+
+NOTHING_RUN = "the file was not loaded and nothing in it was run"
+
+
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A file that names a callable outside the allow-list: refused before anything in it ran.
+
+    Also a ``ValueError`` (bad file content), so code that reports unreadable files catches it too.
+    """
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -49,13 +66,13 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
-                f"refused global {module}.{name}: not in the allow-list of this restricted unpickler"
+            raise UnsafePickleError(
+                f"refused global {module}.{name}: not in this reader's allow-list; {NOTHING_RUN}"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         # Persistent ids hand control to the loader (torch storages, external objects); none is expected.
-        raise pickle.UnpicklingError(f"refused persistent id {pid!r}: not supported by the restricted unpickler")
+        raise UnsafePickleError(f"refused persistent id {pid!r:.80}: not supported by this reader; {NOTHING_RUN}")
 
 
 def restricted_load(
@@ -146,3 +163,109 @@ def _numpy_allowed() -> dict[tuple[str, str], object]:
 
 NUMPY_ALLOWED: Mapping[tuple[str, str], object] = MappingProxyType(_numpy_allowed())
 """Allow-list for plain containers of numpy arrays / scalars / dtypes and ``collections.OrderedDict``."""
+
+
+def pickle_globals(data: bytes) -> list[str]:
+    """The ``module.name`` globals the pickles in ``data`` ask for, in order, read without running anything.
+
+    Covers ``GLOBAL``/``INST`` (protocols 0-3) and ``STACK_GLOBAL`` (4+, whose two names are the strings
+    pushed just before it); reading stops quietly at the first malformed opcode.
+    """
+    names: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    names.append(".".join(str(arg).split(" ", 1)))
+                elif opcode.name == "STACK_GLOBAL":
+                    names.append(".".join(strings[-2:]) if len(strings) >= 2 else "an unnamed global")
+                elif isinstance(arg, str) and "UNICODE" in opcode.name:
+                    strings.append(arg)
+        except Exception:  # malformed or not a pickle: report what was found so far
+            break
+    return list(dict.fromkeys(names))
+
+
+def _unsafe_torch_globals(data: bytes) -> list[str]:
+    """Globals of a torch file that its weights-only reader refuses (the zip's ``data.pkl`` or a raw pickle)."""
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            pickles = [archive.read(n) for n in archive.namelist() if n.endswith("data.pkl")]
+        names = [name for blob in pickles for name in pickle_globals(blob)]
+    else:
+        names = pickle_globals(data)
+    # Leave out what the weights-only reader allows (tensor rebuilders, dtypes, OrderedDict, ...).
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without that list: its tensor rebuilders, by prefix
+        allowed = {n for n in names if n.startswith(("torch._utils.", "torch.storage.")) or n.endswith("Storage")}
+        allowed |= {"collections.OrderedDict", "torch.Size", "torch.device"}
+    return [n for n in names if n not in allowed]
+
+
+def _torch_reason(error: Exception) -> str:
+    """torch's explanation of a refused load, without its advice to load the file unsafely or allow-list it."""
+    advice = (
+        "weights_only",
+        "Weights only",
+        "trust",
+        "documentation",
+        "safe_globals",
+        "file an issue",
+        "still be loaded",
+    )
+    kept = []
+    for line in str(error).splitlines():
+        for sentence in re.split(r"(?<=[.:])\s+", line.strip()):
+            if sentence and sentence != "WeightsUnpickler error:" and not any(a in sentence for a in advice):
+                kept.append(sentence)
+    return " ".join(kept)[:300] or type(error).__name__
+
+
+def load_torch_weights(
+    source: str | os.PathLike[str] | bytes | IO[bytes], *, label: str | None = None, safe_globals: Sequence[Any] = ()
+) -> Any:
+    """``torch.load(source, map_location="cpu", weights_only=True)``, refusing unsafe files in one line.
+
+    Args:
+        source: a path, the file's bytes, or a binary file object.
+        label: how the file is named in messages (default: the path's name).
+        safe_globals: extra classes allowed as data (``torch.serialization.safe_globals``).
+
+    Raises:
+        UnsafePickleError: torch's weights-only reader refused the file. The message names what the file
+            asked for (e.g. ``posix.system``) and says nothing in it was run; it never repeats torch's
+            advice to retry with ``weights_only=False``, the one thing not to do with such a file.
+    """
+    import torch
+
+    if isinstance(source, (str, os.PathLike)):
+        label = label or os.path.basename(os.fspath(source))
+    label = label or "the checkpoint"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    start = 0 if isinstance(source, (str, os.PathLike)) else source.tell()
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = _torch_reason(error)
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                data = handle.read()
+        else:
+            source.seek(start)
+            data = source.read()
+        names = _unsafe_torch_globals(data)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        names = []
+    if names:
+        raise UnsafePickleError(
+            f"refused {label}: it asks for {', '.join(names[:5])}, which a plain tensor file never needs; {NOTHING_RUN}"
+        )
+    raise UnsafePickleError(f"refused {label}: not plain tensor data ({reason}); {NOTHING_RUN}")

@@ -428,6 +428,28 @@ class PulseSolver:
             raise ValueError("input images contain NaN or inf values")
         return integer_factor(self.generator.resolution, height)
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise a ``ValueError`` saying why ``[h, w]`` inputs cannot be searched; return if they can.
+
+        Checks what :meth:`solve` would find out only mid-run: a square size that divides the
+        generator's output, and a downscale option that builds for that factor and maps the
+        generator's ``[1, 3, R, R]`` to ``[1, 3, h, w]`` (gray and inpainting keep the size, so they
+        take only ``h == R``). Runs the operator once, on the CPU, per call.
+        """
+        if height != width:
+            raise ValueError(f"non-square input {width}x{height}: the generator makes square images")
+        resolution = self.generator.resolution
+        factor = integer_factor(resolution, height)
+        try:
+            with torch.no_grad():
+                lr = self.downscale(factor)(torch.zeros(1, 3, resolution, resolution))
+        except (ValueError, RuntimeError, NotImplementedError) as error:
+            raise ValueError(f"the downscale option cannot reduce {resolution} px by {factor}: {error}") from None
+        if tuple(lr.shape) != (1, 3, height, width):
+            raise ValueError(
+                f"the downscale option maps {resolution} px to {list(lr.shape)}, not to the input's {height}x{width}"
+            )
+
     def _initial_variables(
         self, seeds: Sequence[int], device: torch.device
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import statistics
@@ -140,6 +141,7 @@ class RunFolder:
         config: ``config.yaml`` as plain data (empty without one).
         complete: whether ``summary.json`` exists (the run got to its end).
         has_overrides: whether ``.hydra/overrides.yaml`` exists.
+        notes: ``{metric: why it has no value}`` from ``summary.json`` (empty without one).
     """
 
     path: Path
@@ -148,6 +150,7 @@ class RunFolder:
     config: dict[str, Any] = field(default_factory=dict)
     complete: bool = True
     has_overrides: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
 
     def value(self, key: str) -> str | None:
         """The run's setting ``key``: its override, else the chosen option (tags), else the config value."""
@@ -186,13 +189,22 @@ def read_run(path: str | Path) -> RunFolder:
                 overrides[parsed[0]] = parsed[1]
     config_file = path / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    summary_file = path / "summary.json"
+    notes: dict[str, str] = {}
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text())
+            notes = {str(k): str(v) for k, v in (summary.get("notes") or {}).items()}
+        except (ValueError, AttributeError):  # a half-written or foreign summary: no reasons, still a run
+            notes = {}
     return RunFolder(
         path=path,
         rows=rows,
         overrides=overrides,
         config=config if isinstance(config, dict) else {},
-        complete=(path / "summary.json").is_file(),
+        complete=summary_file.is_file(),
         has_overrides=overrides_file.is_file(),
+        notes=notes,
     )
 
 
@@ -379,6 +391,7 @@ def aggregate(
     by = list(varying_keys(runs) if by is None else by)
     available = metric_columns(runs)
     all_columns = dict.fromkeys(key for run in runs for row in run.rows for key in row)
+    requested = metrics is not None
     metrics = list(available if metrics is None else metrics)
     unknown = [m for m in metrics if m not in all_columns]
     if unknown:
@@ -406,10 +419,19 @@ def aggregate(
     empty = [run.path for run in runs if not run.rows]
     if empty:
         notes.append(f"{len(empty)} run(s) have no result rows: {empty}")
+    # A column with no value in any run gets one note, not one per group (and is left out unless asked for).
+    empty = [m for m in metrics if all(group.column(m, spread).n == 0 for group in ordered)]
+    if empty:
+        reasons = dict.fromkeys(run.notes[m] for run in runs for m in empty if run.notes.get(m))
+        why = f" ({'; '.join(list(reasons)[:2])})" if reasons else ""
+        fate = f"shown as {MISSING}" if requested else "column left out"
+        notes.append(f"{', '.join(empty)}: no value in any of the {len(runs)} run(s){why}; {fate}")
+        if not requested:
+            metrics = [m for m in metrics if m not in empty]
     for group in ordered:
         for metric in metrics:
             stat = group.column(metric, spread)
-            if stat.missing:
+            if stat.missing and metric not in empty:
                 reason = "empty, non-finite or never reached" if metric in NEVER_IS_NEGATIVE else "empty or non-finite"
                 notes.append(
                     f"{group_label(by, group)}: {metric} missing for {stat.missing} of {group.samples} samples"

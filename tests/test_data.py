@@ -54,7 +54,8 @@ def test_folder_skips_bad_files_with_reasons_and_keeps_good_ones(tmp_path):
     with pytest.warns(UserWarning, match="skipping"):
         problems = list(folder)
     assert [p.name for p in problems] == ["a"]
-    assert set(folder.skipped) == {"wide.png", "odd.png", "broken.jpg"}
+    assert set(folder.skipped) == {"wide.png", "odd.png", "broken.jpg", "notes.txt"}
+    assert "not an image file (extension '.txt')" in folder.skipped["notes.txt"]
     assert "non-square image 32x16" in folder.skipped["wide.png"]
     assert "allowed input sizes" in folder.skipped["odd.png"]
     with pytest.raises(ImageError):

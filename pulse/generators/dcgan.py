@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pulse.generators.base import freeze
+from pulse.safe_pickle import load_torch_weights
 
 WEIGHTS_PACKAGE = "gan-face-generate"
 
@@ -76,7 +77,7 @@ class DCGANGenerator(nn.Module):
         """The shipped 64x64 face model (``path`` overrides where ``weights.tar`` is read from)."""
         path = Path(path) if path is not None else packaged_weights_path()
         try:
-            checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+            checkpoint = load_torch_weights(path)
         except Exception as error:  # unreadable or not plain tensor data
             raise RuntimeError(f"cannot read DCGAN weights from {path}: {error}") from error
         state = checkpoint.get("netG_state_dict", checkpoint) if isinstance(checkpoint, dict) else None

@@ -30,6 +30,7 @@ from torch import nn
 from pulse.cache import atomic_write_bytes
 from pulse.cache import cache_dir as default_cache_dir
 from pulse.generators.base import freeze
+from pulse.safe_pickle import load_torch_weights
 
 LRELU_SLOPE = 0.2
 # Inverse of the mapping's last leaky ReLU (slope 0.2): statistics are gathered in this "Gaussian" space.
@@ -491,9 +492,9 @@ def cached_gaussian_fit(
 def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
     """A ``{name: tensor}`` file read with ``weights_only=True`` on the CPU; clear errors otherwise."""
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        state = load_torch_weights(path)
     except Exception as error:  # not a plain tensor file (pickled module, corrupt, ...)
-        raise RuntimeError(f"cannot read {path} as a plain PyTorch state dict (weights_only load): {error}") from error
+        raise RuntimeError(f"cannot read {path} as a plain PyTorch state dict: {error}") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RuntimeError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
     return state

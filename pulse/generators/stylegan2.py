@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import math
 import pickle
 import re
@@ -44,7 +43,7 @@ from torch import nn
 from pulse.cache import cache_dir as default_cache_dir
 from pulse.generators.base import freeze
 from pulse.generators.stylegan import GaussianisedLatent, cached_gaussian_fit, gaussian_fit, pixel_norm
-from pulse.safe_pickle import NUMPY_ALLOWED, restricted_load, stub_class
+from pulse.safe_pickle import NUMPY_ALLOWED, UnsafePickleError, load_torch_weights, restricted_load, stub_class
 
 LRELU_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2.0)
@@ -468,10 +467,9 @@ def load_rosinality(path: Path) -> dict[str, torch.Tensor]:
     that training checkpoints carry is allowed as data) or a bare generator state dict.
     """
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_weights(path, safe_globals=[argparse.Namespace])
     except Exception as error:
-        raise RuntimeError(f"cannot read {path} as a PyTorch checkpoint (weights_only load): {error}") from error
+        raise RuntimeError(f"cannot read {path} as a PyTorch checkpoint: {error}") from error
     state = ckpt.get("g_ema", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or "input.input" not in state:
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -503,7 +501,7 @@ def _record_persistent_obj(meta: Any) -> PersistentObject:
 
 def _storage_from_bytes(data: bytes) -> Any:
     # Plain-pickled torch storages embed a torch.save blob; weights_only keeps that inner load data-only too.
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return load_torch_weights(data, label="a tensor storage inside the pickle")
 
 
 class _EasyDict(dict):
@@ -581,7 +579,11 @@ def read_nvidia_pkl(path: Path | str | bytes) -> tuple[dict[str, torch.Tensor], 
         pickle.UnpicklingError: the pickle names a global outside :func:`nvidia_allowed_globals`.
         RuntimeError: no ``G_ema`` network in it, or layers with different ``conv_clamp`` values.
     """
-    data = restricted_load(path, nvidia_allowed_globals())
+    try:
+        data = restricted_load(path, nvidia_allowed_globals())
+    except UnsafePickleError as error:
+        label = "the pickle" if isinstance(path, bytes) else Path(path).name
+        raise UnsafePickleError(f"{label}: {error}") from None
     network = data.get("G_ema") if isinstance(data, dict) else None
     if network is None:
         found = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__

@@ -16,7 +16,23 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from pulse.data import Problem
-from pulse.solver import SearchResult
+
+
+class SolvedBatch(Protocol):
+    """What a run metric reads of a solved batch; :class:`pulse.solver.SearchResult` is one.
+
+    A protocol rather than the solver's class, so metrics compute numbers from tensors alone and do not
+    depend on the solver (a test's stand-in or another solver's result works the same).
+
+    Attributes:
+        hr: ``[S, 3, R, R]`` each sample's output in [0, 1].
+        input_index: ``[S]`` the problem each sample solves.
+        seeds: one per sample (its length is the number of samples).
+    """
+
+    hr: torch.Tensor
+    input_index: torch.Tensor
+    seeds: list[int]
 
 
 @dataclass
@@ -31,10 +47,10 @@ class MetricValues:
 class RunMetric(Protocol):
     """Computes metric columns for the samples of one solved batch."""
 
-    def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues: ...
+    def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues: ...
 
 
-def ground_truth(result: SearchResult, problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
+def ground_truth(result: SolvedBatch, problems: Sequence[Problem]) -> tuple[torch.Tensor, torch.Tensor]:
     """``([S, 3, H, W], [S] bool)``: each sample's ground truth (zeros where unknown) and whether it is known."""
     hr = torch.zeros_like(result.hr)
     known = torch.zeros(len(result.seeds), dtype=torch.bool)

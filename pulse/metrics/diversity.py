@@ -8,9 +8,8 @@ from functools import partial
 import torch
 
 from pulse.data import Problem
-from pulse.metrics.base import MetricValues
+from pulse.metrics.base import MetricValues, SolvedBatch
 from pulse.metrics.lpips import lpips_available, lpips_distance
-from pulse.solver import SearchResult
 
 PairDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,7 +39,7 @@ class Diversity:
     def __init__(self, lpips_net: str | None = "alex") -> None:
         self.lpips_net = lpips_net
 
-    def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues:
+    def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         columns: dict[str, PairDistance] = {"diversity_l2": pixel_mse}
         notes: dict[str, str] = {}
         if self.lpips_net is not None:

@@ -8,9 +8,8 @@ import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from pulse.data import Problem
-from pulse.metrics.base import MetricValues, ground_truth, nan_where
+from pulse.metrics.base import MetricValues, SolvedBatch, ground_truth, nan_where
 from pulse.metrics.lpips import LPIPSUnavailable, lpips_distance
-from pulse.solver import SearchResult
 
 
 def downscale_error(sr_lr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
@@ -42,7 +41,7 @@ class GroundTruthFidelity:
     def __init__(self, lpips_net: str | None = "alex") -> None:
         self.lpips_net = lpips_net
 
-    def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues:
+    def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         hr, known = ground_truth(result, problems)
         names = ["psnr_hr", "ssim_hr"] + (["lpips_hr"] if self.lpips_net else [])
         if not known.any():

@@ -36,6 +36,7 @@ import torchmetrics
 from torch import nn
 
 from pulse.cache import atomic_write_bytes, cache_dir, sha256_file
+from pulse.safe_pickle import load_torch_weights
 
 __all__ = [
     "BACKBONES",
@@ -200,7 +201,7 @@ def _sha256_memo(path: Path) -> str:
 
 def _read_torchvision(path: Path, spec: Backbone) -> OrderedDict[str, torch.Tensor]:
     """The ``features.*`` part of an official torchvision classifier state dict (sha256 checked by caller)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_weights(path)
     if not isinstance(state, Mapping):
         raise ValueError(f"{path.name} holds a {type(state).__name__}, not a state dict")
     return _check_features({key: value for key, value in state.items() if key.startswith("features.")}, spec)
@@ -208,7 +209,7 @@ def _read_torchvision(path: Path, spec: Backbone) -> OrderedDict[str, torch.Tens
 
 def _read_cache(path: Path, spec: Backbone) -> OrderedDict[str, torch.Tensor]:
     """Our cache file, checked for format, network, layout and its recorded content digest."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_torch_weights(path)
     if not isinstance(payload, Mapping) or payload.get("format") != CACHE_FORMAT:
         raise ValueError(f"{path.name} is not a {CACHE_FORMAT} file")
     if payload.get("net") != spec.net:
@@ -382,7 +383,7 @@ def _lpips_package_lins(net: str) -> list[torch.Tensor]:
     import lpips
 
     path = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_weights(path)
     return [state[f"lin{i}.model.1.weight"] for i in range(5)]
 
 

@@ -40,8 +40,7 @@ import torchmetrics
 
 from pulse.data import Problem
 from pulse.downscale import keys_cubic
-from pulse.metrics.base import MetricValues, ground_truth, nan_where
-from pulse.solver import SearchResult
+from pulse.metrics.base import MetricValues, SolvedBatch, ground_truth, nan_where
 
 if TYPE_CHECKING:
     from pulse.losses import LossInputs
@@ -479,7 +478,7 @@ class NIQEMetric:
         prefix = "niqe" if convention == "gray" else f"niqe_{convention}"
         self.names = (prefix, f"{prefix}_hr")
 
-    def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues:
+    def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         sr_name, hr_name = self.names
         samples = len(result.seeds)
         height, width = result.hr.shape[-2:]

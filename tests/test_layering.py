@@ -1,0 +1,148 @@
+"""The house has no import cycles and keeps its layers: every import under pulse/ is read with ``ast``
+(function-level and TYPE_CHECKING imports included), nothing is imported to find them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pulse"
+
+# Primitives: maths and operators a solver is built from. They must not reach metrics or the solvers.
+PRIMITIVES = ("pulse.losses", "pulse.downscale", "pulse.degradations", "pulse.optim")
+SOLVERS = ("pulse.solver", "pulse.ilo")
+# Run-level modules above the metrics (a metric computes numbers from tensors, not from a run).
+ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs")
+
+
+def module_names(root: Path = PACKAGE) -> dict[str, Path]:
+    """``{dotted name: file}`` for every module under ``root`` (``pulse/x/__init__.py`` is ``pulse.x``)."""
+    names = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    return names
+
+
+def imported_names(source: str, module: str, is_package: bool) -> set[str]:
+    """Every dotted name an ``import`` statement anywhere in ``source`` may load (relative ones resolved)."""
+    found: set[str] = set()
+    package = module if is_package else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+    return found
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """``{module: modules it imports}`` within the package.
+
+    Importing ``a.b.c`` from outside ``a.b`` first runs ``a/b/__init__.py``, so that package counts as
+    imported too (the root package aside: its exports are lazy).
+    """
+    modules = module_names(root)
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_names(path.read_text(encoding="utf-8"), module, path.name == "__init__.py"):
+            if name not in modules or name == module:
+                continue
+            targets.add(name)
+            parts = name.split(".")
+            for depth in range(2, len(parts)):
+                parent = ".".join(parts[:depth])
+                if parent in modules and not module.startswith(parent + ".") and parent != module:
+                    targets.add(parent)
+        graph[module] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_the_graph_reader_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pulse"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from pulse.sub.b import x\n")
+    (pkg / "a.py").write_text("def f():\n    from pulse.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .. import a\n")
+    graph = import_graph(pkg)
+    assert graph["pulse.a"] == {"pulse.sub", "pulse.sub.b"} and graph["pulse.sub.b"] == {"pulse", "pulse.a"}
+    assert find_cycle(graph) == ["pulse.a", "pulse.sub", "pulse.sub.b", "pulse.a"]
+    assert find_cycle({"x": {"y"}, "y": set()}) is None
+
+
+def test_no_import_cycle_in_pulse():
+    graph = import_graph()
+    assert len(graph) > 30  # the whole package was read
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize("module", PRIMITIVES)
+def test_primitives_reach_no_metric_and_no_solver(module):
+    reached = reachable(import_graph(), module)
+    bad = sorted(m for m in reached if m.startswith("pulse.metrics") or m in ABOVE_METRICS)
+    assert not bad, f"{module} depends on {bad}"
+
+
+def test_metrics_do_not_need_the_solver():
+    graph = import_graph()
+    for module in [m for m in graph if m.startswith("pulse.metrics")]:
+        bad = sorted(reachable(graph, module) & set(ABOVE_METRICS))
+        assert not bad, f"{module} depends on {bad}"
+
+
+def test_plugin_loss_terms_register_themselves_on_first_use():
+    import importlib
+
+    from pulse import losses
+
+    for name, module in losses.PLUGIN_TERMS.items():
+        assert module not in import_graph()["pulse.losses"]
+        importlib.import_module(module)
+        assert name in losses.LOSS_TERMS
+    assert callable(losses.lpips_lr) and callable(losses.niqe_hr)  # the names that used to live there
