@@ -131,9 +131,12 @@ def run(cfg: DictConfig) -> RunSummary:
         )
     finally:
         finish_wandb()
-    print(summary.line(), flush=True)
-    for line in summary.note_lines():
-        print(line, flush=True)
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # every DDP process returns the summary; one prints it
+        print(summary.line(), flush=True)
+        for line in summary.note_lines():
+            print(line, flush=True)
     return summary
 
 
