@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pulse.downscale import BicubicDownscale, integer_factor
-from pulse.generators.base import Generator, check_generator
+from pulse.generators.base import Generator, check_generator, module_device
 from pulse.losses import LossInputs, PulseLoss
 from pulse.optim import SphericalOptimizer, schedule
 
@@ -189,11 +189,7 @@ def _thumbnail(images: torch.Tensor, size: int) -> torch.Tensor:
     return images.clamp(0, 1)
 
 
-def _module_device(module: object) -> torch.device:
-    if isinstance(module, nn.Module):
-        for tensor in (*module.parameters(), *module.buffers()):
-            return tensor.device
-    return torch.device("cpu")
+_module_device = module_device  # the name other modules import
 
 
 class BestTracker:
