@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pulse.autobatch import is_out_of_memory
 from pulse.generators.stylegan import (
     FUSED_UPSAMPLE_MIN_SIDE,
     LRELU_SLOPE,
@@ -703,11 +704,55 @@ class FastStyleGANGenerator(nn.Module):
             try:
                 if self._compiled is None:
                     self._compiled = torch.compile(self._synthesize)
-                return self._compiled(style, maps)
+                if not torch.is_grad_enabled() or not any(t.requires_grad for t in (style, *maps)):
+                    return self._compiled(style, maps)
+                return _GuardedCompiled.apply(self, style, *maps)
             except Exception as error:  # no compiler, unsupported op, ...: keep going without it
-                self._compile_failed = True
-                log.warning("torch.compile unavailable for the fast StyleGAN path (%s); running eager", error)
+                if is_out_of_memory(error):  # too large a batch, not a compiler problem (batch_size=auto probes)
+                    raise
+                self._compile_failed_because(error)
         return self._synthesize(style, maps)
+
+    def _compile_failed_because(self, error: BaseException) -> None:
+        self._compile_failed = True
+        log.warning("torch.compile unavailable for the fast StyleGAN path (%s); running eager", error)
+
+
+class _GuardedCompiled(torch.autograd.Function):
+    """The compiled synthesis, with an eager fallback that also covers its backward.
+
+    Inductor compiles the backward lazily, at the first ``.backward()`` (and again for new shapes), so an
+    error there escapes a ``try`` around the forward. This function runs the compiled forward on detached
+    copies of its inputs and differentiates that graph in :meth:`backward`; if doing so fails (other than
+    by running out of memory), compiling is switched off and the step's gradients come from an eager
+    recomputation of the same forward, so the search continues with correct gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, owner: FastStyleGANGenerator, style: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (style, *maps)]
+        with torch.enable_grad():
+            image = owner._compiled(leaves[0], leaves[1:])
+        ctx.owner, ctx.leaves, ctx.image = owner, leaves, image
+        return image.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        leaves, owner = ctx.leaves, ctx.owner
+        wanted = [t for t in leaves if t.requires_grad]
+        try:
+            grads = torch.autograd.grad(ctx.image, wanted, grad, allow_unused=True)
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise
+            owner._compile_failed_because(error)
+            with torch.enable_grad():
+                fresh = [t.detach().requires_grad_(t.requires_grad) for t in leaves]
+                image = owner._synthesize(fresh[0], fresh[1:])
+                grads = torch.autograd.grad(image, [t for t in fresh if t.requires_grad], grad, allow_unused=True)
+        ctx.image = ctx.leaves = None
+        found = iter(grads)
+        return (None, *(next(found) if t.requires_grad else None for t in leaves))
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
