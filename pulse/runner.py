@@ -246,6 +246,22 @@ def check_batch_size(batch_size: int | str) -> int | str:
     raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
 
 
+# Half-precision settings the search cannot use. Its per-pixel gradients are ~1e-6, below float16's
+# smallest normal number (6e-5): without loss scaling they flush to zero or lose their digits, and
+# Lightning's predict loop does no loss scaling. "-true" variants would also store the generator in half.
+REFUSED_PRECISIONS = ("16", "16-mixed", "16-true", "bf16-true", "transformer-engine-float16")
+
+
+def check_precision(precision: Any) -> None:
+    """Refuse trainer precisions the search gets wrong, naming the ones that work."""
+    if str(precision) in REFUSED_PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision} is not supported: the search's per-pixel gradients (~1e-6) are "
+            "subnormal in float16 and the predict loop has no loss scaling; use bf16-mixed (same speed on "
+            "Ampere or later GPUs, float32's range) or 32-true"
+        )
+
+
 def _probe_batch_size(
     pl_trainer: pl.Trainer, solver: PulseSolver | ILOSolver, pending: Sequence[Problem], out_dir: Path, limit: int
 ) -> int:
@@ -316,6 +332,7 @@ def run_search(
         )
 
     options = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
+    check_precision(options.get("precision", "32-true"))
     writer = ResultWriter(out_dir, metrics)
     pl_trainer = pl.Trainer(
         **options,

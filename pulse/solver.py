@@ -275,8 +275,14 @@ class BestTracker:
         return error
 
     def backward(self, total: torch.Tensor, variables: Sequence[torch.Tensor]) -> None:
-        """Backpropagate the active samples' losses; stopped samples get zero gradients (not NaN)."""
-        torch.where(self.active, total, torch.zeros_like(total)).sum().backward()
+        """Backpropagate the active samples' losses; stopped samples get zero gradients (not NaN).
+
+        Autocast is off during the backward (Lightning's mixed precision wraps the whole step in it): the
+        backward of each operation then runs in the dtype its forward used, as torch's AMP recipe intends,
+        instead of recasting float32 parts of the forward (loss, styles, statistics) to bf16/fp16.
+        """
+        with torch.autocast(device_type=total.device.type, enabled=False):
+            torch.where(self.active, total, torch.zeros_like(total)).sum().backward()
         with torch.no_grad():
             for variable in variables:
                 if variable.grad is not None:

@@ -291,6 +291,37 @@ def test_autocast_runs_the_convolutions_in_its_dtype_and_the_rest_in_float32(sma
     assert all(torch.isfinite(g).all() for g in noise_grads16)
 
 
+def test_backward_under_autocast_is_the_backward_of_what_the_forward_computed(small, monkeypatch):
+    # Lightning's bf16-mixed runs the whole predict step, .backward() included, inside autocast, which
+    # recast autograd's float32 formulas (the style GEMMs) and the hand-written backward to bf16.
+    from pulse.solver import BestTracker
+
+    latent, noise = _inputs(small, batch=2)
+    quick = accelerate(small)
+    states = []
+    original = fast._StyledConv._backward
+
+    def spy(ctx, grad):
+        states.append((torch.is_autocast_enabled("cpu"), grad.dtype))
+        return original(ctx, grad)
+
+    monkeypatch.setattr(fast._StyledConv, "_backward", staticmethod(spy))
+    grads = []
+    for backward_in_autocast in (True, False):
+        variable = latent.clone().requires_grad_(True)
+        tracker = BestTracker(2, small.resolution, variable, noise, 1e-3, torch.device("cpu"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            image = quick.synthesize(quick.to_style(variable), noise)
+            total = image.float().square().mean(dim=(1, 2, 3))
+            if backward_in_autocast:
+                tracker.backward(total, [variable])
+        if not backward_in_autocast:
+            tracker.backward(total, [variable])
+        grads.append(variable.grad)
+    assert states and set(states) == {(False, torch.float32)}
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_solver_under_autocast_with_the_fast_generator(small):
     latent, noise = _inputs(small, batch=2, seed=3)
     with torch.no_grad():

@@ -351,6 +351,14 @@ class _StyledConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # The engine runs this under whatever autocast state the caller of .backward() has (Lightning's
+        # bf16-mixed: bf16), which would recast the reductions and GEMMs below. The forward ran with
+        # autocast off; so does its backward (what torch.amp.custom_bwd does, for any device type).
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            return _StyledConv._backward(ctx, grad.float())
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, y, mean, rstd, a, noise, noise_weight, weight, ref_weight, rgb_weight = ctx.saved_tensors
         spec: _LayerSpec = ctx.spec
         pixels = y.shape[2] * y.shape[3]
