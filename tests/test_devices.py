@@ -45,3 +45,73 @@ def test_float16_precisions_are_refused_with_the_ones_that_work(tmp_path, dcgan)
         with pytest.raises(ValueError, match=r"(?s)not supported.*subnormal in float16.*bf16-mixed.*32-true"):
             run_search(solver, problems, tmp_path, trainer={"precision": precision}, progress=False, metrics=[])
     assert not (tmp_path / "results.csv").exists()
+
+
+# ------------------------------------------------------------------ no host traffic inside the search loop
+
+_HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"}
+_FROM_HOST = {"tensor", "as_tensor"}
+_FACTORIES = {"zeros", "ones", "full", "empty", "arange", "rand", "randn", "randint", "eye", "linspace"}
+
+
+class HostTraffic(torch.overrides.TorchFunctionMode):
+    """Records, while ``recording``, what would copy between host and device or wait for the device on a GPU:
+    reading a tensor's value on the host, making a tensor from Python data, or a factory call without a
+    ``device`` (made on the host, then moved). Adam's step counter lives on the host by design (skipped).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording = False
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        host = name in _HOST_READS or name in _FROM_HOST or (name in _FACTORIES and kwargs.get("device") is None)
+        if self.recording and host:
+            import traceback
+
+            stack = traceback.extract_stack()[:-1]
+            if not any("/torch/optim/" in frame.filename for frame in stack):
+                self.calls.append(f"{name} at {stack[-1].filename.rsplit('/', 1)[-1]}:{stack[-1].lineno}")
+        return func(*args, **kwargs)
+
+
+def test_the_search_loop_makes_no_host_copies_after_its_first_step():
+    # "No sync in the loop": constants (blur taps, JPEG offsets, inpainting masks) are buffers or cached
+    # per device; steps 1 and 2 (after the first made any cache) must not read or build tensors on the host.
+    from pulse.degradations import make_operator
+    from pulse.generators.fast import accelerate
+    from pulse.generators.stylegan import StyleGANGenerator
+    from pulse.solver import PulseSolver, SearchSettings
+
+    small = StyleGANGenerator.synthetic(resolution=32, fmap_base=256, fmap_max=32, fit_samples=2000)
+    for generator, operator, factor in [
+        (accelerate(small), "bicubic", 4),
+        (accelerate(small), "jpeg", 4),
+        (small, "inpaint", 1),
+        (small, "gaussian", 4),
+    ]:
+        solver = PulseSolver(
+            generator, settings=SearchSettings(steps=4), downscale=lambda f, name=operator: make_operator(name, f)
+        )
+        traffic = HostTraffic()
+
+        def watch(info, traffic=traffic):
+            traffic.recording = 1 <= info.step + 1 <= 2  # from the start of step 1 to the end of step 2
+
+        with traffic:
+            solver.solve(torch.rand(2, 3, 32 // factor, 32 // factor), callback=watch)
+        assert traffic.calls == [], (operator, traffic.calls)
+
+
+def test_niqe_loss_builds_its_tables_once_per_device():
+    from pulse.metrics.niqe import niqe_loss
+
+    images = torch.rand(1, 3, 192, 192, requires_grad=True)
+    niqe_loss(images).sum().backward()  # the first call builds the tables
+    with HostTraffic() as traffic:
+        traffic.recording = True
+        niqe_loss(images).sum().backward()
+    assert traffic.calls == []

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pulse.autobatch import is_out_of_memory
+from pulse.device_cache import cached
 from pulse.generators.stylegan import (
     FUSED_UPSAMPLE_MIN_SIDE,
     LRELU_SLOPE,
@@ -88,10 +89,15 @@ _BLUR_TAPS = (1.0, 2.0, 1.0)
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
     """The reference [1, 2, 1] blur (zero padding), ``[B, C, H, W]`` kept, in ``x``'s dtype."""
-    taps = torch.tensor(_BLUR_TAPS, dtype=x.dtype, device=x.device)
-    kernel = (taps[:, None] * taps[None, :]) / 16.0
+    kernel = cached(("fast-blur", x.device, x.dtype), lambda: _blur_kernel(x.device, x.dtype))
     channels = x.shape[1]
-    return F.conv2d(x, kernel[None, None].expand(channels, 1, 3, 3), padding=1, groups=channels)
+    return F.conv2d(x, kernel.expand(channels, 1, 3, 3), padding=1, groups=channels)
+
+
+def _blur_kernel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[1, 1, 3, 3]``: the outer product of the [1, 2, 1] taps, normalised."""
+    taps = torch.tensor(_BLUR_TAPS, dtype=dtype, device=device)
+    return ((taps[:, None] * taps[None, :]) / 16.0)[None, None]
 
 
 def reference_upsample(x: torch.Tensor, weight: torch.Tensor, fused: bool) -> torch.Tensor:
