@@ -176,6 +176,9 @@ class ResultWriter(BasePredictionWriter):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.store = ResultStore(self.out_dir, trainer.global_rank, trainer.world_size, self.metrics)
+        for metric in self.metrics:  # network metrics (LPIPS) run on this process's device, not the CPU
+            if hasattr(metric, "device"):
+                metric.device = trainer.strategy.root_device
 
     def write_on_batch_end(
         self,
