@@ -115,3 +115,15 @@ def test_niqe_loss_builds_its_tables_once_per_device():
         traffic.recording = True
         niqe_loss(images).sum().backward()
     assert traffic.calls == []
+
+
+def test_parallel_joblib_jobs_get_one_gpu_each():
+    from run import spread_jobs_over_gpus
+
+    gpu = {"accelerator": "gpu", "devices": 1}
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert [spread_jobs_over_gpus(gpu, joblib, n, 4)["devices"] for n in range(6)] == [[0], [1], [2], [3], [0], [1]]
+    assert spread_jobs_over_gpus(gpu, "hydra._internal.core_plugins.basic_launcher.BasicLauncher", 3, 4) == gpu
+    assert spread_jobs_over_gpus(gpu, joblib, 3, 1) == gpu  # one GPU: nothing to spread
+    assert spread_jobs_over_gpus({**gpu, "devices": [2]}, joblib, 3, 4)["devices"] == [2]  # explicit choice kept
+    assert spread_jobs_over_gpus({"accelerator": "cpu", "devices": 1}, joblib, 3, 4)["devices"] == 1
