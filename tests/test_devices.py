@@ -127,3 +127,22 @@ def test_parallel_joblib_jobs_get_one_gpu_each():
     assert spread_jobs_over_gpus(gpu, joblib, 3, 1) == gpu  # one GPU: nothing to spread
     assert spread_jobs_over_gpus({**gpu, "devices": [2]}, joblib, 3, 4)["devices"] == [2]  # explicit choice kept
     assert spread_jobs_over_gpus({"accelerator": "cpu", "devices": 1}, joblib, 3, 4)["devices"] == 1
+
+
+def test_fast_path_picks_layout_and_chunking_for_the_device_it_runs_on():
+    # run.py builds the fast copy on the CPU and Lightning moves it: the layout used to stay the CPU's.
+    from pulse.generators import fast
+    from pulse.generators.stylegan import StyleGANGenerator
+
+    small = StyleGANGenerator.synthetic(resolution=32, fmap_base=256, fmap_max=32, fit_samples=2000)
+    quick = fast.accelerate(small)
+    kernels = lambda: [l.weight for l in quick.layers if l.weight.dim() == 4 and l.weight.shape[-1] == 3]  # noqa: E731
+    assert quick.channels_last and all(k.is_contiguous(memory_format=torch.channels_last) for k in kernels())
+    quick.to("meta")
+    assert not quick.channels_last and all(k.is_contiguous() for k in kernels())
+    quick.to_empty(device="cpu")  # (meta holds no values)
+    assert quick.channels_last
+    explicit = fast.accelerate(small, channels_last=False).to("meta").to_empty(device="cpu")
+    assert not explicit.channels_last  # an explicit choice is kept
+    big = torch.empty(8, 16, 1024, 1024, device="meta")
+    assert len(fast._row_chunks(big)) <= 2 < len(fast._row_chunks(torch.empty(1, 16, 1024, 1024)))

@@ -302,7 +302,7 @@ def test_backward_under_autocast_is_the_backward_of_what_the_forward_computed(sm
     original = fast._StyledConv._backward
 
     def spy(ctx, grad):
-        states.append((torch.is_autocast_enabled("cpu"), grad.dtype))
+        states.append((torch.is_autocast_enabled("cpu"), grad.dtype))  # float32: the forward's output dtype
         return original(ctx, grad)
 
     monkeypatch.setattr(fast._StyledConv, "_backward", staticmethod(spy))

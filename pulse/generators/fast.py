@@ -209,10 +209,16 @@ class _LayerSpec:
 _CHUNK_ELEMENTS = 2**20  # ~4 MiB float32 temporaries: below glibc's mmap threshold, so reused, not page-faulted
 
 
+# On a GPU the CPU's cache-sized chunks would mean hundreds of small kernel launches per 1024 px step;
+# there the chunks only bound the temporaries' memory (256 MiB of float32). Not measured: no GPU here.
+_DEVICE_CHUNK_ELEMENTS = 2**26
+
+
 def _row_chunks(t: torch.Tensor) -> list[slice]:
-    """Slices of dim 2 (rows) holding about ``_CHUNK_ELEMENTS`` elements each."""
+    """Slices of dim 2 (rows) of about ``_CHUNK_ELEMENTS`` elements (``_DEVICE_CHUNK_ELEMENTS`` off the CPU)."""
     per_row = max(1, t.numel() // t.shape[2])
-    rows = max(1, _CHUNK_ELEMENTS // per_row)
+    budget = _CHUNK_ELEMENTS if t.device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
+    rows = max(1, budget // per_row)
     return [slice(start, start + rows) for start in range(0, t.shape[2], rows)]
 
 
@@ -361,7 +367,7 @@ class _StyledConv(torch.autograd.Function):
         # bf16-mixed: bf16), which would recast the reductions and GEMMs below. The forward ran with
         # autocast off; so does its backward (what torch.amp.custom_bwd does, for any device type).
         with torch.autocast(device_type=grad.device.type, enabled=False):
-            return _StyledConv._backward(ctx, grad.float())
+            return _StyledConv._backward(ctx, grad)
 
     @staticmethod
     def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -584,8 +590,9 @@ class FastStyleGANGenerator(nn.Module):
 
     Args:
         generator: the faithful generator to copy (its weights are read once; it is not kept).
-        channels_last: run the convolutions on channels-last memory; ``None`` picks it when ``generator``
-            is on the CPU (decided here, not after ``.to()``) and NCHW elsewhere (unmeasured: no GPU here).
+        channels_last: run the convolutions on channels-last memory; ``None`` picks it on the CPU and NCHW
+            elsewhere (unmeasured: no GPU here), decided again whenever the copy moves (``.to(device)``),
+            so a copy built on the CPU and moved to a GPU runs NCHW there, as the benchmark measures it.
         compile: wrap the synthesis in ``torch.compile``; if that is unavailable or fails, the eager fast
             path is used and the reason logged once.
 
@@ -601,23 +608,14 @@ class FastStyleGANGenerator(nn.Module):
         self.latent_dim = generator.latent_dim
         self.noise_shapes: list[tuple[int, ...]] = list(generator.noise_shapes)
         self.default_bad_noise_layers = tuple(generator.default_bad_noise_layers)
-        if channels_last is None:
-            channels_last = next(iter(generator.buffers())).device.type == "cpu"
-        self.channels_last = channels_last
+        self.channels_last_setting = channels_last
+        self.channels_last = False
         self.register_buffer("mean", generator.mean.detach().clone())
         self.register_buffer("std", generator.std.detach().clone())
         self.layers = nn.ModuleList(_layers_from(synthesis))
         if len(self.layers) != self.num_latents:
             raise ValueError(f"found {len(self.layers)} layers for {self.num_latents} style rows")
-        if channels_last:
-            # 3x3 kernels in the activations' layout: oneDNN would otherwise reorder them on every call. The
-            # 4x4 transposed-convolution kernels stay NCHW: channels-last ones saved ~12 ms of reorders per
-            # 1024 px step but moved the output from 3.5e-4 to 5.1e-4 away from float64 (the faithful port: 3.1e-4).
-            for layer in self.layers:
-                for name in ("weight", "ref_weight"):
-                    kernel = getattr(layer, name)
-                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
-                        setattr(layer, name, kernel.contiguous(memory_format=torch.channels_last))
+        self._choose_layout(next(iter(generator.buffers())).device)
         torgb = synthesis.torgb
         with torch.no_grad():
             self.register_buffer("rgb_weight", torgb.scaled_weight().flatten(1).detach().clone())  # [3, C]
@@ -626,6 +624,27 @@ class FastStyleGANGenerator(nn.Module):
         self._compiled: Callable[..., torch.Tensor] | None = None
         self._compile_failed = False
         self.eval()
+
+    def _choose_layout(self, device: torch.device) -> None:
+        """Memory layout for ``device`` (see ``channels_last``), with the 3x3 kernels stored in it."""
+        use = self.channels_last_setting if self.channels_last_setting is not None else device.type == "cpu"
+        self.channels_last = use
+        layout = torch.channels_last if use else torch.contiguous_format
+        # 3x3 kernels in the activations' layout: oneDNN would otherwise reorder them on every call. The
+        # 4x4 transposed-convolution kernels stay NCHW: channels-last ones saved ~12 ms of reorders per
+        # 1024 px step but moved the output from 3.5e-4 to 5.1e-4 away from float64 (the faithful port: 3.1e-4).
+        for layer in self.layers:
+            for name in ("weight", "ref_weight"):
+                kernel = getattr(layer, name)
+                if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
+                    setattr(layer, name, kernel.contiguous(memory_format=layout))
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FastStyleGANGenerator:
+        """``.to()``, ``.cuda()``, ...: move, then pick the layout for the new device."""
+        result = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "layers"):
+            self._choose_layout(self.mean.device)
+        return result
 
     @classmethod
     def from_generator(
