@@ -146,3 +146,18 @@ def test_fast_path_picks_layout_and_chunking_for_the_device_it_runs_on():
     assert not explicit.channels_last  # an explicit choice is kept
     big = torch.empty(8, 16, 1024, 1024, device="meta")
     assert len(fast._row_chunks(big)) <= 2 < len(fast._row_chunks(torch.empty(1, 16, 1024, 1024)))
+
+
+def test_run_metrics_are_computed_on_the_search_device(tmp_path, dcgan):
+    from pulse.data import GeneratedFaces
+    from pulse.metrics import default_metrics
+    from pulse.runner import run_search
+    from pulse.solver import PulseSolver, SearchSettings
+
+    metrics = default_metrics(None)
+    for metric in metrics:
+        metric.device = torch.device("meta")  # anything but the run's device
+    problems = list(GeneratedFaces(dcgan, num=1, factors=[8]))
+    solver = PulseSolver(dcgan, settings=SearchSettings(steps=1))
+    run_search(solver, problems, tmp_path, progress=False, metrics=metrics)
+    assert [m.device.type for m in metrics] == ["cpu"] * 3  # the runner moved them to the search's device

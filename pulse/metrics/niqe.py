@@ -478,7 +478,8 @@ class NIQEMetric:
     values and a note saying so.
     """
 
-    def __init__(self, convention: str = "gray") -> None:
+    def __init__(self, convention: str = "gray", device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device or "cpu")  # where it is computed; the runner sets the search's device
         if convention not in CONVENTIONS:
             raise ValueError(f"unknown NIQE colour convention {convention!r}; valid: {sorted(CONVENTIONS)}")
         self.convention = convention
@@ -493,7 +494,7 @@ class NIQEMetric:
             nan = torch.full((samples,), math.nan, dtype=torch.float64)
             reason = too_small_reason(height, width)
             return MetricValues(values={sr_name: nan, hr_name: nan.clone()}, notes={sr_name: reason, hr_name: reason})
-        out = MetricValues(values={sr_name: niqe(result.hr, self.convention).cpu()})
+        out = MetricValues(values={sr_name: niqe(result.hr.to(self.device), self.convention).cpu()})
         hr, known = ground_truth(result, problems)
         if not known.any():
             out.notes[hr_name] = "no ground truth for these inputs (data=folder without data.factor)"
@@ -501,7 +502,7 @@ class NIQEMetric:
         # Duplicates share their input's ground truth: score each input once.
         inputs, first = _first_of_each(result.input_index, known)
         truth_scores = torch.full((samples,), math.nan, dtype=torch.float64)
-        scored = niqe(hr[first], self.convention).cpu()
+        scored = niqe(hr[first].to(self.device), self.convention).cpu()
         for value, index in zip(scored.tolist(), inputs.tolist(), strict=True):
             truth_scores[result.input_index == index] = value
         out.values[hr_name] = nan_where(truth_scores, known)
