@@ -53,6 +53,21 @@ def check_multirun_strategy(trainer: dict[str, Any], multirun: bool, environ: di
     )
 
 
+def spread_jobs_over_gpus(trainer: dict[str, Any], launcher: str, job_num: int, gpu_count: int) -> dict[str, Any]:
+    """Give each parallel joblib job its own GPU: ``devices: 1`` becomes ``devices: [job_num % gpu_count]``.
+
+    Lightning reads ``devices: 1`` as "the first GPU", so jobs running side by side under
+    ``hydra/launcher=joblib`` would all share GPU 0. Other launchers are left alone (Slurm gives each
+    task its own ``CUDA_VISIBLE_DEVICES``; the basic launcher runs one job at a time), as are explicit
+    device lists and several devices per job.
+    """
+    if "joblib" not in launcher or trainer.get("accelerator") not in ("gpu", "cuda", "auto") or gpu_count < 2:
+        return trainer
+    if trainer.get("devices") not in (1, "1"):
+        return trainer
+    return {**trainer, "devices": [job_num % gpu_count]}
+
+
 def build_data(cfg: DictConfig, generator: Any) -> Any:
     """The data source; folder and CelebA sources need the generator's resolution, generated ones the generator."""
     target = cfg.data.get("_target_", "")
@@ -96,6 +111,12 @@ def run(cfg: DictConfig) -> RunSummary:
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     check_multirun_strategy(trainer, multirun, dict(os.environ))
+    if multirun:
+        import torch
+
+        hydra_cfg = HydraConfig.get()
+        launcher = str(hydra_cfg.launcher.get("_target_", ""))
+        trainer = spread_jobs_over_gpus(trainer, launcher, int(hydra_cfg.job.num), torch.cuda.device_count())
 
     generator = check_generator(instantiate(cfg.generator))
     search = OmegaConf.to_container(cfg.solver, resolve=True)
@@ -135,9 +156,12 @@ def run(cfg: DictConfig) -> RunSummary:
         )
     finally:
         finish_wandb()
-    print(summary.line(), flush=True)
-    for line in summary.note_lines():
-        print(line, flush=True)
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # every DDP process returns the summary; one prints it
+        print(summary.line(), flush=True)
+        for line in summary.note_lines():
+            print(line, flush=True)
     return summary
 
 

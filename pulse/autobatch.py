@@ -42,12 +42,33 @@ class BatchTrial:
         return None if self.seconds_per_step is None else self.batch / self.seconds_per_step
 
 
+# Allocation failures reported as plain RuntimeErrors: the caching allocator's "out of memory", the CPU
+# allocator's, and the status codes cuDNN and cuBLAS return when their own workspace allocation fails.
+_OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cudnn_status_alloc_failed",
+    "cudnn_status_not_enough_workspace",
+    "cublas_status_alloc_failed",
+)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is an allocation failure (CUDA, or the CPU allocator's) rather than a bug."""
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    message = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+    """Whether ``error`` is an allocation failure (CUDA, cuDNN, cuBLAS or the CPU allocator) rather than a bug.
+
+    Follows ``__cause__``/``__context__``: compilers and Lightning re-raise the allocator's error wrapped.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (torch.cuda.OutOfMemoryError, MemoryError)):
+            return True
+        message = str(current).lower()
+        if isinstance(current, RuntimeError) and any(text in message for text in _OOM_MESSAGES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _release_memory() -> None:

@@ -6,6 +6,7 @@ and, when known, the high-resolution ground truth ``[3, H, W]``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def save_image(image: torch.Tensor, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = to_uint8(image)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: DDP ranks share the folder
     Image.fromarray(array).save(tmp)
     tmp.replace(path)
 

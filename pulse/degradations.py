@@ -417,6 +417,7 @@ class JpegDownscale(nn.Module):
         to_ycbcr = torch.tensor(JFIF_RGB_TO_YCBCR, dtype=torch.float64)
         self.register_buffer("to_ycbcr", to_ycbcr, persistent=False)
         self.register_buffer("to_rgb", torch.linalg.inv(to_ycbcr), persistent=False)
+        self.register_buffer("offset", torch.tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, 3, H / factor, W / factor]`` in [0, 1] scale, JPEG-compressed."""
@@ -431,7 +432,7 @@ class JpegDownscale(nn.Module):
         if lr.shape[1] != 3:
             raise ValueError(f"JPEG's YCbCr model needs RGB images [B, 3, H, W], got {list(lr.shape)}")
         matrix = self.to_ycbcr.to(lr.dtype)
-        offset = torch.tensor([0.0, 128.0, 128.0], dtype=lr.dtype, device=lr.device).view(1, 3, 1, 1)
+        offset = self.offset.to(lr.dtype)
         ycbcr = torch.einsum("oc,bchw->bohw", matrix, x * 255.0) + offset
         luma, chroma = ycbcr[:, :1], ycbcr[:, 1:]
         chroma_table = self.chroma_table.to(lr.dtype)
@@ -493,6 +494,7 @@ class InpaintMask(nn.Module):
                 )
             file_mask = torch.from_numpy(array).float()
         self.register_buffer("file_mask", file_mask, persistent=False)
+        self._masks: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
 
     def mask_for(self, height: int, width: int) -> torch.Tensor:
         """The ``[H, W]`` mask for images of that size (a clear error when a file mask does not fit)."""
@@ -507,7 +509,10 @@ class InpaintMask(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, C, H, W]`` with removed pixels set to zero."""
-        mask = self.mask_for(*images.shape[-2:]).to(device=images.device, dtype=images.dtype)
+        key = (*images.shape[-2:], images.device, images.dtype)
+        mask = self._masks.get(key)
+        if mask is None:  # once per size, device and dtype, not at every search step
+            mask = self._masks[key] = self.mask_for(*images.shape[-2:]).to(device=images.device, dtype=images.dtype)
         return images * mask
 
     def extra_repr(self) -> str:

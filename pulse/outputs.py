@@ -83,7 +83,7 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     fields = list(RESULT_FIELDS)
     for row in rows:
         fields += [key for key in row if key not in fields]
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, restval="")
         writer.writeheader()
@@ -325,8 +325,13 @@ class ResultStore:
         return path
 
 
+def _temporary(path: Path, suffix: str = "") -> Path:
+    """A sibling name for writing ``path`` atomically, unique per process (DDP ranks share the folder)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -336,6 +341,6 @@ def write_gif(frames: torch.Tensor, path: Path, milliseconds: int = 80) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = (frames.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     images = [Image.fromarray(a) for a in arrays]
-    tmp = path.with_name(f".{path.stem}.tmp.gif")
+    tmp = _temporary(path, ".gif")  # PIL picks the format from the suffix
     images[0].save(tmp, save_all=True, append_images=images[1:], duration=milliseconds, loop=0)
     os.replace(tmp, path)

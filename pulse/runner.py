@@ -45,6 +45,9 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoAdverts())
+# ShardedBatches returns every index by construction. Set at import, not around predict(): spawned
+# workers (ddp_spawn) import this module but do not inherit a caller's warning filters.
+warnings.filterwarnings("ignore", message=".*custom batch sampler `ShardedBatches`.*")
 
 
 class ProblemList(Dataset):
@@ -73,10 +76,17 @@ def size_grouped_batches(problems: Sequence[Problem], batch_size: int) -> list[l
 
 
 class ShardedBatches(Sampler[list[int]]):
-    """This process's share of the batches: batch ``i`` goes to rank ``i % world_size``."""
+    """This process's share of the batches: batch ``i`` goes to rank ``i % world_size``.
+
+    With more processes than batches (a small run, or a resumed one with few inputs left) some ranks
+    have no batch; they get one empty batch instead, which the module skips. A rank with nothing to
+    iterate would fail Lightning's empty-loader check while the others wait for it at the barrier.
+    """
 
     def __init__(self, batches: list[list[int]], rank: int = 0, world_size: int = 1) -> None:
         self.batches = batches[rank::world_size]
+        if not self.batches and world_size > 1:
+            self.batches = [[]]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -97,6 +107,10 @@ class PulseModule(pl.LightningModule):
         step_progress: show a progress bar over the optimisation steps (rank 0 only).
         log_steps: send each step's mean loss and count at eps to the loggers.
         frames_every: record intermediate images every this many steps for GIFs (0: off).
+        problems, batches: the inputs to solve and their batches (indices into ``problems``). The loader
+            is built in :meth:`predict_dataloader`, i.e. in each worker process once its rank is known:
+            ``ddp_spawn``/``ddp_fork``/``ddp_notebook`` start the workers after the trainer was made in
+            the parent, where every rank would otherwise look like rank 0.
     """
 
     def __init__(
@@ -105,6 +119,8 @@ class PulseModule(pl.LightningModule):
         step_progress: bool = True,
         log_steps: bool = False,
         frames_every: int = 0,
+        problems: Sequence[Problem] = (),
+        batches: Sequence[Sequence[int]] = (),
     ) -> None:
         super().__init__()
         self.solver = solver
@@ -112,14 +128,23 @@ class PulseModule(pl.LightningModule):
         self.step_progress = step_progress
         self.log_steps = log_steps
         self.frames_every = frames_every
+        self.problems = list(problems)
+        self.batches = [list(b) for b in batches]
         self._steps_logged = 0
+
+    def predict_dataloader(self) -> DataLoader:
+        """This process's share of the batches (see :class:`ShardedBatches`)."""
+        sampler = ShardedBatches(self.batches, self.trainer.global_rank, self.trainer.world_size)
+        return DataLoader(ProblemList(self.problems), batch_sampler=sampler, collate_fn=collate_problems)
 
     def seeds(self, batch: Sequence[Problem]) -> list[int]:
         """Per-sample seeds from the run seed, the input's name and the duplicate index."""
         settings = self.solver.settings
         return [sample_seed(settings.seed, name_key(p.name), d) for p in batch for d in range(settings.duplicates)]
 
-    def predict_step(self, batch: list[Problem], batch_idx: int) -> SearchResult:
+    def predict_step(self, batch: list[Problem], batch_idx: int) -> SearchResult | None:
+        if not batch:  # a rank with no share of the work (see ShardedBatches)
+            return None
         steps = getattr(self.solver, "total_steps", self.solver.settings.steps)
         show = self.step_progress and self.trainer.is_global_zero
         with tqdm(total=steps, desc="steps", leave=False, disable=not show, dynamic_ncols=True) as bar:
@@ -151,22 +176,36 @@ class ResultWriter(BasePredictionWriter):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.store = ResultStore(self.out_dir, trainer.global_rank, trainer.world_size, self.metrics)
+        for metric in self.metrics:  # network metrics (LPIPS) run on this process's device, not the CPU
+            if hasattr(metric, "device"):
+                metric.device = trainer.strategy.root_device
 
     def write_on_batch_end(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        prediction: SearchResult,
+        prediction: SearchResult | None,
         batch_indices: Sequence[int] | None,
         batch: list[Problem],
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         assert self.store is not None
+        if prediction is None:
+            return
         for row in self.store.write_batch(batch, prediction):
-            for logger in trainer.loggers:  # loggers act on rank 0 only
-                logger.log_metrics(sample_metrics(row), step=self.samples_logged)
+            # Loggers act on rank 0 only, so with several processes the per-sample series are sent
+            # from the merged rows at the end of the run instead (see run_search).
+            if trainer.world_size == 1:
+                log_samples(trainer.loggers, [row], self.samples_logged)
             self.samples_logged += 1
+
+
+def log_samples(loggers: Sequence[Logger], rows: Sequence[Mapping[str, str]], first_step: int = 0) -> None:
+    """Each row's :func:`sample_metrics` to every logger, at steps ``first_step, first_step + 1, ...``."""
+    for offset, row in enumerate(rows):
+        for logger in loggers:
+            logger.log_metrics(sample_metrics(row), step=first_step + offset)
 
 
 def sample_metrics(row: Mapping[str, str]) -> dict[str, float]:
@@ -239,6 +278,22 @@ def check_batch_size(batch_size: int | str) -> int | str:
     if batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1):
         return batch_size
     raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+
+
+# Half-precision settings the search cannot use. Its per-pixel gradients are ~1e-6, below float16's
+# smallest normal number (6e-5): without loss scaling they flush to zero or lose their digits, and
+# Lightning's predict loop does no loss scaling. "-true" variants would also store the generator in half.
+REFUSED_PRECISIONS = ("16", "16-mixed", "16-true", "bf16-true", "transformer-engine-float16")
+
+
+def check_precision(precision: Any) -> None:
+    """Refuse trainer precisions the search gets wrong, naming the ones that work."""
+    if str(precision) in REFUSED_PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision} is not supported: the search's per-pixel gradients (~1e-6) are "
+            "subnormal in float16 and the predict loop has no loss scaling; use bf16-mixed (same speed on "
+            "Ampere or later GPUs, float32's range) or 32-true"
+        )
 
 
 def _probe_batch_size(
@@ -318,6 +373,7 @@ def run_search(
         )
 
     options = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
+    check_precision(options.get("precision", "32-true"))
     writer = ResultWriter(out_dir, metrics)
     pl_trainer = pl.Trainer(
         **options,
@@ -336,19 +392,24 @@ def run_search(
     if pending and batch_size == "auto":
         batch_size = _probe_batch_size(pl_trainer, solver, pending, out_dir, auto_batch_limit)
     if pending:
-        batches = ShardedBatches(
-            size_grouped_batches(pending, batch_size), pl_trainer.global_rank, pl_trainer.world_size
+        module = PulseModule(
+            solver,
+            step_progress=progress,
+            log_steps=log_steps,
+            frames_every=frames_every,
+            problems=pending,
+            batches=size_grouped_batches(pending, batch_size),
         )
-        loader = DataLoader(ProblemList(pending), batch_sampler=batches, collate_fn=collate_problems)
-        module = PulseModule(solver, step_progress=progress, log_steps=log_steps, frames_every=frames_every)
         with warnings.catch_warnings():
-            # Our batch sampler returns every index by construction (see ShardedBatches).
-            warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+            warnings.filterwarnings("ignore", message=".*custom batch sampler `ShardedBatches`.*")  # see above
             warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning vs newer torch, harmless
-            pl_trainer.predict(module, loader, return_predictions=False)
+            pl_trainer.predict(module, return_predictions=False)
     pl_trainer.strategy.barrier()
     if pl_trainer.is_global_zero:
         rows = store.merge(problems)
+        if pl_trainer.world_size > 1:  # every process's new samples, in input order
+            solved = {p.name for p in pending}
+            log_samples(pl_trainer.loggers, [r for r in rows if r["name"] in solved])
         grid = store.write_grid(problems, rows)
         summary = store.write_summary(rows, dict(skipped_inputs or {}))
         log_run_end(pl_trainer.loggers, summary, rows, grid)

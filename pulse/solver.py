@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pulse.downscale import BicubicDownscale, integer_factor
-from pulse.generators.base import Generator, check_generator
+from pulse.generators.base import Generator, check_generator, module_device
 from pulse.losses import LossInputs, PulseLoss
 from pulse.optim import SphericalOptimizer, schedule
 
@@ -189,11 +189,7 @@ def _thumbnail(images: torch.Tensor, size: int) -> torch.Tensor:
     return images.clamp(0, 1)
 
 
-def _module_device(module: object) -> torch.device:
-    if isinstance(module, nn.Module):
-        for tensor in (*module.parameters(), *module.buffers()):
-            return tensor.device
-    return torch.device("cpu")
+_module_device = module_device  # the name other modules import
 
 
 class BestTracker:
@@ -279,8 +275,14 @@ class BestTracker:
         return error
 
     def backward(self, total: torch.Tensor, variables: Sequence[torch.Tensor]) -> None:
-        """Backpropagate the active samples' losses; stopped samples get zero gradients (not NaN)."""
-        torch.where(self.active, total, torch.zeros_like(total)).sum().backward()
+        """Backpropagate the active samples' losses; stopped samples get zero gradients (not NaN).
+
+        Autocast is off during the backward (Lightning's mixed precision wraps the whole step in it): the
+        backward of each operation then runs in the dtype its forward used, as torch's AMP recipe intends,
+        instead of recasting float32 parts of the forward (loss, styles, statistics) to bf16/fp16.
+        """
+        with torch.autocast(device_type=total.device.type, enabled=False):
+            torch.where(self.active, total, torch.zeros_like(total)).sum().backward()
         with torch.no_grad():
             for variable in variables:
                 if variable.grad is not None:

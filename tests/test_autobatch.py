@@ -48,6 +48,18 @@ def test_cpu_allocation_failures_count_as_out_of_memory_and_bugs_propagate():
     assert is_out_of_memory(cpu_oom) and is_out_of_memory(MemoryError())
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    # cuDNN and cuBLAS report their own workspace allocation failures as status codes.
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE"))
+    assert not is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM"))
+    try:  # wrapped by a compiler or a framework
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        except torch.cuda.OutOfMemoryError as inner:
+            raise RuntimeError("backend compiler failed") from inner
+    except RuntimeError as wrapped:
+        assert is_out_of_memory(wrapped)
     time_step, _ = _steps_taking({1: 1.0}, fail_from=2, error=RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         choose_batch_size(time_step, limit=8)

@@ -152,6 +152,59 @@ def test_compile_failure_falls_back_to_eager(small, monkeypatch, caplog):
     assert len(warnings) == 1 and "no compiler here" in warnings[0].getMessage()  # logged once
 
 
+class _FailsInBackward(torch.autograd.Function):
+    """Stands in for a compiled graph whose lazily compiled backward fails (as Inductor's can)."""
+
+    @staticmethod
+    def forward(ctx, image):
+        return image.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("InductorError: backward kernel failed to compile")
+
+
+def _gradients(generator, latent, noise):
+    latent = latent.clone().requires_grad_(True)
+    noise = [n.clone().requires_grad_(True) for n in noise]
+    image = generator.synthesize(generator.to_style(latent), noise)
+    image.square().sum().backward()
+    return image.detach(), latent.grad, [n.grad for n in noise]
+
+
+def test_compile_failure_in_the_backward_falls_back_to_eager_gradients(small, monkeypatch, caplog):
+    def compile_with_bad_backward(function, **kwargs):
+        return lambda style, maps: _FailsInBackward.apply(function(style, maps))
+
+    monkeypatch.setattr(torch, "compile", compile_with_bad_backward)
+    latent, noise = _inputs(small)
+    image, latent_grad, noise_grads = _gradients(accelerate(small), latent, noise)
+    compiled = accelerate(small, compile=True)
+    with caplog.at_level(logging.WARNING, logger=fast.__name__):
+        for _ in range(2):  # the second step runs eager from the start
+            got_image, got_latent_grad, got_noise_grads = _gradients(compiled, latent, noise)
+            assert torch.equal(got_image, image) and torch.equal(got_latent_grad, latent_grad)
+            assert all(torch.equal(a, b) for a, b in zip(got_noise_grads, noise_grads, strict=True))
+    assert compiled._compile_failed
+    warnings = [r for r in caplog.records if "torch.compile unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "InductorError" in warnings[0].getMessage()
+
+
+def test_out_of_memory_in_the_compiled_path_propagates_and_keeps_compile_on(small, monkeypatch):
+    def compile_that_runs_out_of_memory(function, **kwargs):
+        def run(style, maps):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_that_runs_out_of_memory)
+    latent, noise = _inputs(small)
+    compiled = accelerate(small, compile=True)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # batch_size=auto must see it to stop doubling
+        _gradients(compiled, latent, noise)
+    assert not compiled._compile_failed  # a smaller batch still runs compiled
+
+
 def test_solver_gives_the_same_results_with_the_fast_generator(small):
     """A few search steps end at the same images. Spherical SGD, not Adam: Adam's first steps are
     about ``lr * sign(grad)``, so rounding-level gradient differences on near-zero components would
@@ -236,6 +289,37 @@ def test_autocast_runs_the_convolutions_in_its_dtype_and_the_rest_in_float32(sma
     assert 1e-4 < _rel_error(image16, image32) < 0.05
     assert _rel_error(latent_grad16, latent_grad32) < min(0.5, 3 * _rel_error(faithful_grad16, latent_grad32))
     assert all(torch.isfinite(g).all() for g in noise_grads16)
+
+
+def test_backward_under_autocast_is_the_backward_of_what_the_forward_computed(small, monkeypatch):
+    # Lightning's bf16-mixed runs the whole predict step, .backward() included, inside autocast, which
+    # recast autograd's float32 formulas (the style GEMMs) and the hand-written backward to bf16.
+    from pulse.solver import BestTracker
+
+    latent, noise = _inputs(small, batch=2)
+    quick = accelerate(small)
+    states = []
+    original = fast._StyledConv._backward
+
+    def spy(ctx, grad):
+        states.append((torch.is_autocast_enabled("cpu"), grad.dtype))  # float32: the forward's output dtype
+        return original(ctx, grad)
+
+    monkeypatch.setattr(fast._StyledConv, "_backward", staticmethod(spy))
+    grads = []
+    for backward_in_autocast in (True, False):
+        variable = latent.clone().requires_grad_(True)
+        tracker = BestTracker(2, small.resolution, variable, noise, 1e-3, torch.device("cpu"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            image = quick.synthesize(quick.to_style(variable), noise)
+            total = image.float().square().mean(dim=(1, 2, 3))
+            if backward_in_autocast:
+                tracker.backward(total, [variable])
+        if not backward_in_autocast:
+            tracker.backward(total, [variable])
+        grads.append(variable.grad)
+    assert states and set(states) == {(False, torch.float32)}
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
 
 
 def test_solver_under_autocast_with_the_fast_generator(small):

@@ -85,3 +85,47 @@ def test_ilo_on_stylegan_updates_later_latent_rows():
     result = ILOSolver(base, ILOSettings(blocks=[1], steps=5)).solve(lr)
     assert (result.best_loss <= first.best_loss + 1e-6).all()
     assert result.latent.shape == (2, generator.num_latents, 512)
+
+
+def test_l1_projection_in_bf16_is_computed_in_float32():
+    # A bf16 running sum (8 mantissa bits) put the projected norm up to 1.6% off the radius.
+    torch.manual_seed(0)
+    values = torch.randn(2, 128 * 32 * 32).bfloat16()
+    radius = (0.05 * values.float().abs().sum(1)).bfloat16()
+    exact = project_l1_ball(values.double(), radius.double())
+    projected = project_l1_ball(values, radius)
+    assert projected.dtype == torch.bfloat16
+    norms = projected.double().abs().sum(1)
+    torch.testing.assert_close(norms, radius.double(), rtol=1e-3, atol=0)
+    assert ((projected.double() - exact).abs() <= 2**-8 * exact.abs()).all()  # only the result's bf16 rounding
+
+
+def test_ilo_records_frames_through_every_stage_and_they_become_a_gif(dcgan, problem, tmp_path):
+    from pulse.outputs import write_gif
+
+    base = PulseSolver(dcgan, settings=SearchSettings(steps=4))
+    result = ILOSolver(base, ILOSettings(blocks=[1], steps=4)).solve(problem[:2], frames_every=2, frame_size=32)
+    assert result.frames.shape == (4, 2, 3, 32, 32)  # steps 0, 2 of the latent search and 4, 6 of the stage
+    write_gif(result.frames[:, 1], tmp_path / "face.gif")
+    assert (tmp_path / "face.gif").stat().st_size > 0
+
+
+def test_ilo_under_bf16_autocast_keeps_its_feature_deviation_in_float32(dcgan, problem):
+    base = PulseSolver(dcgan, settings=SearchSettings(steps=2))
+    seen = []
+    original = project_l1_ball
+
+    def spy(values, radius):
+        seen.append((values.dtype, radius.dtype))
+        return original(values, radius)
+
+    import pulse.ilo
+
+    pulse.ilo.project_l1_ball = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            result = ILOSolver(base, ILOSettings(blocks=[1], steps=2)).solve(problem[:1])
+    finally:
+        pulse.ilo.project_l1_ball = original
+    assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen)
+    assert torch.isfinite(result.best_loss).all()

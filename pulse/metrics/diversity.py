@@ -36,8 +36,9 @@ class Diversity:
             backbone weights the column is null and the note says how to fetch them.
     """
 
-    def __init__(self, lpips_net: str | None = "alex") -> None:
+    def __init__(self, lpips_net: str | None = "alex", device: torch.device | str | None = None) -> None:
         self.lpips_net = lpips_net
+        self.device = torch.device(device or "cpu")  # where the distances run; the runner sets the search's device
 
     def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         columns: dict[str, PairDistance] = {"diversity_l2": pixel_mse}
@@ -57,5 +58,5 @@ class Diversity:
             members = result.input_index == index
             for name, distance in columns.items():
                 with torch.no_grad():
-                    values[name][members] = mean_pairwise(result.hr[members], distance)
+                    values[name][members] = mean_pairwise(result.hr[members].to(self.device), distance)
         return MetricValues(values=values, notes=notes)

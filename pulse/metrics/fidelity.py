@@ -38,8 +38,9 @@ class GroundTruthFidelity:
             weights the column is null and the note says how to fetch them.
     """
 
-    def __init__(self, lpips_net: str | None = "alex") -> None:
+    def __init__(self, lpips_net: str | None = "alex", device: torch.device | str | None = None) -> None:
         self.lpips_net = lpips_net
+        self.device = torch.device(device or "cpu")  # where LPIPS runs; the runner sets the search's device
 
     def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         hr, known = ground_truth(result, problems)
@@ -56,7 +57,8 @@ class GroundTruthFidelity:
         if self.lpips_net:
             try:
                 with torch.no_grad():
-                    out.values["lpips_hr"] = nan_where(lpips_distance(result.hr, hr, self.lpips_net), known)
+                    distance = lpips_distance(result.hr.to(self.device), hr.to(self.device), self.lpips_net)
+                    out.values["lpips_hr"] = nan_where(distance, known)
             except (LPIPSUnavailable, ValueError) as error:
                 out.notes["lpips_hr"] = str(error).removeprefix("LPIPS unavailable: ")
         return out

@@ -254,7 +254,20 @@ def load_backbone_features(net: str = "alex") -> OrderedDict[str, torch.Tensor]:
 
 
 def lpips_available(net: str = "alex") -> bool:
-    """Whether verified backbone weights for ``net`` are present (loads and checks them; no network)."""
+    """Whether verified backbone weights for ``net`` are present (no network).
+
+    The weights (233 MB for AlexNet's checkpoint) are loaded and checked once per file version (path,
+    size, modification time), not at every call: run metrics ask once per solved batch.
+    """
+    try:
+        identity = _weights_identity(net)
+    except LPIPSUnavailable:
+        return False
+    return _weights_load(net, identity)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_load(net: str, identity: tuple[str, int, int]) -> bool:
     try:
         load_backbone_features(net)
     except LPIPSUnavailable:

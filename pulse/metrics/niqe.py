@@ -39,6 +39,7 @@ import torch.nn.functional as F
 import torchmetrics
 
 from pulse.data import Problem
+from pulse.device_cache import cached
 from pulse.downscale import keys_cubic
 from pulse.metrics.base import MetricValues, SolvedBatch, ground_truth, nan_where
 
@@ -92,14 +93,14 @@ def _gamma_tables() -> np.ndarray:
 
 
 def _tables(device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(_gamma_tables()).to(device)
+    return cached(("niqe-gamma", device), lambda: torch.from_numpy(_gamma_tables()).to(device))
 
 
 def _gaussian_1d(device: torch.device) -> torch.Tensor:
     """``[7]``: the separable factor of LIVE's 7x7 window (its row sums; the window is their outer product)."""
     window = pristine_model()["gaussian_window"]
     window = window / window.sum()
-    return torch.from_numpy(window.sum(1)).to(device)
+    return cached(("niqe-window", device), lambda: torch.from_numpy(window.sum(1)).to(device))
 
 
 def luminance(images: torch.Tensor, convention: str = "gray", quantize: bool = True) -> torch.Tensor:
@@ -152,7 +153,8 @@ def resize_weights(in_len: int, scale: float, device: torch.device | None = None
 
 def _resize_rows(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Resize ``[B, H, W]`` along ``H``."""
-    indices, weights = resize_weights(x.shape[-2], scale, x.device)
+    key = ("niqe-resize", x.shape[-2], scale, x.device)  # once per size: not rebuilt at every search step
+    indices, weights = cached(key, lambda: resize_weights(x.shape[-2], scale, x.device))
     out_len, taps = indices.shape
     gathered = x.index_select(-2, indices.flatten()).unflatten(-2, (out_len, taps))  # [B, out, P, W]
     weights = weights.to(x.dtype)
@@ -338,9 +340,7 @@ def model_distance(features: torch.Tensor, defined: torch.Tensor, differentiable
     path solves with a Cholesky factor instead (the pristine covariance is positive definite, so the
     matrix is too and the two agree) and needs no NaN handling.
     """
-    model = pristine_model()
-    mu_p = torch.from_numpy(model["mu_pris_param"][0]).to(features)
-    cov_p = torch.from_numpy(model["cov_pris_param"]).to(features)
+    mu_p, cov_p = cached(("niqe-pristine", features.device, features.dtype), lambda: _pristine_tensors(features))
     weights = defined.to(features.dtype)
     features = torch.where(defined, features, torch.zeros_like(features))
     counts = weights.sum(1)  # [B, 36]
@@ -358,6 +358,12 @@ def model_distance(features: torch.Tensor, defined: torch.Tensor, differentiable
     score = torch.sqrt(quality.clamp(min=0))
     undefined = (counts == 0).any(-1) | (rows[:, 0, 0] < 2)
     return score.masked_fill(undefined, math.nan)
+
+
+def _pristine_tensors(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LIVE's pristine mean ``[36]`` and covariance ``[36, 36]`` on ``like``'s device and dtype."""
+    model = pristine_model()
+    return torch.from_numpy(model["mu_pris_param"][0]).to(like), torch.from_numpy(model["cov_pris_param"]).to(like)
 
 
 def _score(lum: torch.Tensor, differentiable: bool = False) -> torch.Tensor:
@@ -471,7 +477,8 @@ class NIQEMetric:
     values and a note saying so.
     """
 
-    def __init__(self, convention: str = "gray") -> None:
+    def __init__(self, convention: str = "gray", device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device or "cpu")  # where it is computed; the runner sets the search's device
         if convention not in CONVENTIONS:
             raise ValueError(f"unknown NIQE colour convention {convention!r}; valid: {sorted(CONVENTIONS)}")
         self.convention = convention
@@ -486,7 +493,7 @@ class NIQEMetric:
             nan = torch.full((samples,), math.nan, dtype=torch.float64)
             reason = too_small_reason(height, width)
             return MetricValues(values={sr_name: nan, hr_name: nan.clone()}, notes={sr_name: reason, hr_name: reason})
-        out = MetricValues(values={sr_name: niqe(result.hr, self.convention).cpu()})
+        out = MetricValues(values={sr_name: niqe(result.hr.to(self.device), self.convention).cpu()})
         hr, known = ground_truth(result, problems)
         if not known.any():
             out.notes[hr_name] = "no ground truth for these inputs (data=folder without data.factor)"
@@ -494,7 +501,7 @@ class NIQEMetric:
         # Duplicates share their input's ground truth: score each input once.
         inputs, first = _first_of_each(result.input_index, known)
         truth_scores = torch.full((samples,), math.nan, dtype=torch.float64)
-        scored = niqe(hr[first], self.convention).cpu()
+        scored = niqe(hr[first].to(self.device), self.convention).cpu()
         for value, index in zip(scored.tolist(), inputs.tolist(), strict=True):
             truth_scores[result.input_index == index] = value
         out.values[hr_name] = nan_where(truth_scores, known)
