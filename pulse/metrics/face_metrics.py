@@ -21,10 +21,9 @@ from collections.abc import Sequence
 import torch
 
 from pulse.data import Problem
-from pulse.metrics.base import MetricValues, ground_truth
+from pulse.metrics.base import MetricValues, SolvedBatch, ground_truth
 from pulse.metrics.faces import SAME_PERSON, count_identities, face_landmarks, pairwise_distances, unavailable_reason
 from pulse.metrics.skin import ita
-from pulse.solver import SearchResult
 
 TRUTH_COLUMNS = ("id_dist_hr", "id_match_hr", "ita_hr", "ita_shift")
 DUPLICATE_COLUMNS = ("id_diversity", "id_distinct")
@@ -48,7 +47,7 @@ class FaceMetrics:
     def __init__(self, threshold: float = SAME_PERSON) -> None:
         self.threshold = threshold
 
-    def __call__(self, result: SearchResult, problems: Sequence[Problem]) -> MetricValues:
+    def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         samples = len(result.seeds)
         values = {name: torch.full((samples,), math.nan, dtype=torch.float64) for name in COLUMNS}
         reason = unavailable_reason()
