@@ -93,10 +93,10 @@ def run(cfg: DictConfig) -> RunSummary:
     # Imported here, not at the top: torch and Lightning take seconds to import, which `--help`, `--cfg job`
     # and a mistyped option (Hydra answers before calling this) need not wait for.
     from pulse.generators.base import check_generator
-    from pulse.ilo import ILOSettings, ILOSolver
     from pulse.runner import check_batch_size, run_search
     from pulse.runtime import set_tf32, tune_cpu_allocator
-    from pulse.solver import PulseSolver, SearchSettings
+    from pulse.solvers.ilo import ILOSettings, ILOSolver
+    from pulse.solvers.pulse import PulseSolver, SearchSettings
 
     if cfg.get("tune_cpu_allocator", True):
         tune_cpu_allocator()  # large CPU feature maps reuse freed memory instead of page-faulting anew

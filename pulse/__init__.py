@@ -13,12 +13,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PulseSolver": "pulse.solver",
-    "SearchSettings": "pulse.solver",
-    "SearchResult": "pulse.solver",
-    "super_resolve": "pulse.solver",
-    "ILOSolver": "pulse.ilo",
-    "ILOSettings": "pulse.ilo",
+    "PulseSolver": "pulse.solvers.pulse",
+    "SearchSettings": "pulse.solvers.pulse",
+    "SearchResult": "pulse.solvers.pulse",
+    "super_resolve": "pulse.solvers.pulse",
+    "ILOSolver": "pulse.solvers.ilo",
+    "ILOSettings": "pulse.solvers.ilo",
     "PulseLoss": "pulse.losses",
     "SphericalOptimizer": "pulse.optim",
     "BicubicDownscale": "pulse.downscale",

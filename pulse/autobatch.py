@@ -10,7 +10,7 @@ measured 47 inputs/min at batch 1 and 56 at batch 2, while the probe inside a ru
 by the run's earlier work, measured batch 2 slower and kept batch 1.
 
 Batch composition does not change the search itself: every sample starts from its own seed and is
-judged on its own (:class:`pulse.solver.PulseSolver`), so the chosen size changes speed and float
+judged on its own (:class:`pulse.solvers.pulse.PulseSolver`), so the chosen size changes speed and float
 rounding only.
 """
 
@@ -130,7 +130,7 @@ def solver_step_timer(
     """``time_step`` for :func:`choose_batch_size`: the median of ``steps`` real steps after ``warmup``.
 
     Args:
-        solver: a :class:`pulse.solver.PulseSolver` or :class:`pulse.ilo.ILOSolver` whose generator is on
+        solver: a :class:`pulse.solvers.pulse.PulseSolver` or :class:`pulse.solvers.ilo.ILOSolver` whose generator is on
             ``device``; the search is cut short after ``warmup + steps`` steps.
         lr_side: side of the random ``[batch, 3, lr_side, lr_side]`` targets (the run's input size).
         context: entered around each search (the run's precision, e.g. Lightning's autocast context).

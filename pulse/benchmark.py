@@ -1,6 +1,6 @@
 """Speed of the PULSE search step: the faithful eager generator against the fast path.
 
-One measurement times real :meth:`pulse.solver.PulseSolver.solve` steps (forward synthesis,
+One measurement times real :meth:`pulse.solvers.pulse.PulseSolver.solve` steps (forward synthesis,
 downscale, loss, backward, spherical Adam step and the per-sample bookkeeping): the solver's
 callback stamps the clock after every step, the first ``warmup`` steps are discarded, the median of
 the timed steps is reported (pooled over ``rounds`` alternating measurements), and on CUDA the device
@@ -33,7 +33,7 @@ from torch import nn
 
 from pulse.generators.base import Generator
 from pulse.runtime import tf32
-from pulse.solver import PulseSolver, SearchSettings, StepInfo
+from pulse.solvers.pulse import PulseSolver, SearchSettings, StepInfo
 
 HR_DIFFERENCE_NOTE = (
     "max|dHR| compares the two searches' best images; spherical Adam's first steps are about lr * sign(grad), "

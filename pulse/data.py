@@ -355,7 +355,7 @@ class CelebAFaces:
         box: face crop ``(left, top, right, bottom)`` in the 178x218 photo.
 
     Raises:
-        pulse.celeba.CelebAUnavailable: the photos are not fetched (one line naming ``pulse-fetch celeba``).
+        pulse.io.celeba.CelebAUnavailable: the photos are not fetched (one line naming ``pulse-fetch celeba``).
     """
 
     def __init__(
@@ -369,7 +369,7 @@ class CelebAFaces:
         path: str | Path | None = None,
         box: Sequence[int] = CELEBA_FACE_BOX,
     ) -> None:
-        from pulse.celeba import celeba_photos
+        from pulse.io.celeba import celeba_photos
 
         photos = celeba_photos(path)
         if start < 0 or start >= len(photos):

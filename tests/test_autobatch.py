@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pulse.autobatch import BatchTrial, choose_batch_size, is_out_of_memory, solver_step_timer
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 
 def _steps_taking(seconds: dict[int, float], fail_from: int | None = None, error: Exception | None = None):

@@ -20,13 +20,13 @@ import pytest
 import torch
 from PIL import Image
 
-import pulse.celeba as celeba
+import pulse.io.celeba as celeba
 import run as cli
-from pulse.celeba import CelebAUnavailable, celeba_photos, fetch_celeba
-from pulse.cli_fetch import main as cli_main
 from pulse.data import CELEBA_FACE_BOX, CelebAFaces, celeba_face
 from pulse.degradations import degrade, operator_factory
-from pulse.fetch import read_zip_members
+from pulse.io.celeba import CelebAUnavailable, celeba_photos, fetch_celeba
+from pulse.io.cli_fetch import main as cli_main
+from pulse.io.fetch import read_zip_members
 from tests.test_cli import make_cfg
 from tests.test_fetch import _Handler, _Server
 

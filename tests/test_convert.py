@@ -1,4 +1,4 @@
-"""StyleGAN (v1) TF pickle conversion (pulse.convert) on small fake pickles built here, without TensorFlow.
+"""StyleGAN (v1) TF pickle conversion (pulse.io.convert) on small fake pickles built here, without TensorFlow.
 
 The fake pickles are made the way NVIDIA's are: ``dnnlib.tflib.network.Network`` objects whose state
 holds ``(name, numpy array)`` variables with TF names. The variables come from our own randomly
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from pulse.cli_fetch import main as cli_main
-from pulse.convert import ConversionError, convert_stylegan1_pickle, load_tf_pickle
 from pulse.generators.stylegan import Mapping, Synthesis
+from pulse.io.cli_fetch import main as cli_main
+from pulse.io.convert import ConversionError, convert_stylegan1_pickle, load_tf_pickle
 
 SMALL = {"resolution": 32, "fmap_base": 256, "fmap_max": 32, "dlatent_size": 16}
 # 128 px reaches the fused (transposed-conv) upsampling; tiny feature maps keep it fast.

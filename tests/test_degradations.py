@@ -24,7 +24,7 @@ from pulse.degradations import (
 )
 from pulse.downscale import AreaDownscale, BicubicDownscale
 from pulse.generators.base import sample_images
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RESAMPLERS = ["bilinear", "nearest", "gaussian", "noisy", "jpeg", "bicubic", "area"]

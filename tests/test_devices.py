@@ -37,7 +37,7 @@ def test_float16_precisions_are_refused_with_the_ones_that_work(tmp_path, dcgan)
 
     from pulse.data import GeneratedFaces
     from pulse.runner import run_search
-    from pulse.solver import PulseSolver, SearchSettings
+    from pulse.solvers.pulse import PulseSolver, SearchSettings
 
     problems = list(GeneratedFaces(dcgan, num=1, factors=[8]))
     solver = PulseSolver(dcgan, settings=SearchSettings(steps=1))
@@ -84,7 +84,7 @@ def test_the_search_loop_makes_no_host_copies_after_its_first_step():
     from pulse.degradations import make_operator
     from pulse.generators.fast import accelerate
     from pulse.generators.stylegan import StyleGANGenerator
-    from pulse.solver import PulseSolver, SearchSettings
+    from pulse.solvers.pulse import PulseSolver, SearchSettings
 
     small = StyleGANGenerator.synthetic(resolution=32, fmap_base=256, fmap_max=32, fit_samples=2000)
     for generator, operator, factor in [
@@ -152,7 +152,7 @@ def test_run_metrics_are_computed_on_the_search_device(tmp_path, dcgan):
     from pulse.data import GeneratedFaces
     from pulse.metrics import default_metrics
     from pulse.runner import run_search
-    from pulse.solver import PulseSolver, SearchSettings
+    from pulse.solvers.pulse import PulseSolver, SearchSettings
 
     metrics = default_metrics(None)
     for metric in metrics:

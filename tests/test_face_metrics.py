@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pulse.celeba import CelebAUnavailable, celeba_photos
 from pulse.data import CELEBA_FACE_BOX, Problem, celeba_face
+from pulse.io.celeba import CelebAUnavailable, celeba_photos
 from pulse.metrics import FaceMetrics, count_identities, faces_available, ita_group, srgb_to_lab
 from pulse.metrics import face_metrics as face_metrics_module
 from pulse.metrics.skin import ita_of_lab

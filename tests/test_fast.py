@@ -14,10 +14,10 @@ from pulse.generators import fast, stylegan
 from pulse.generators.base import LayeredGenerator
 from pulse.generators.fast import FastStyleGANGenerator, accelerate
 from pulse.generators.stylegan import StyleGANGenerator
-from pulse.ilo import ILOSettings, ILOSolver
 from pulse.losses import PulseLoss
 from pulse.optim import SphericalOptimizer
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.ilo import ILOSettings, ILOSolver
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +294,7 @@ def test_autocast_runs_the_convolutions_in_its_dtype_and_the_rest_in_float32(sma
 def test_backward_under_autocast_is_the_backward_of_what_the_forward_computed(small, monkeypatch):
     # Lightning's bf16-mixed runs the whole predict step, .backward() included, inside autocast, which
     # recast autograd's float32 formulas (the style GEMMs) and the hand-written backward to bf16.
-    from pulse.solver import BestTracker
+    from pulse.solvers.pulse import BestTracker
 
     latent, noise = _inputs(small, batch=2)
     quick = accelerate(small)
@@ -334,7 +334,7 @@ def test_solver_under_autocast_with_the_fast_generator(small):
     torch.testing.assert_close(mixed.downscale_error, full.downscale_error, atol=5e-3, rtol=0.2)
 
 
-# ---------------------------------------------------------------- early stop (pulse.solver)
+# ---------------------------------------------------------------- early stop (pulse.solvers.pulse)
 
 
 def _search(generator, **settings):

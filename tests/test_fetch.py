@@ -1,4 +1,4 @@
-"""pulse.fetch against a local HTTP server, and the restricted unpickler in pulse.safe_pickle."""
+"""pulse.io.fetch against a local HTTP server, and the restricted unpickler in pulse.io.safe_pickle."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pulse.fetch import ChecksumMismatch, DownloadError, download, read_tar_members, verify_sha256
-from pulse.safe_pickle import NUMPY_ALLOWED, restricted_load, stub_class
+from pulse.io.fetch import ChecksumMismatch, DownloadError, download, read_tar_members, verify_sha256
+from pulse.io.safe_pickle import NUMPY_ALLOWED, restricted_load, stub_class
 
 # --------------------------------------------------------------------------------------------------
 # A tiny HTTP server serving files from a folder, with optional single-range support.

@@ -1,7 +1,7 @@
-"""``fetch_weights.py ffhq`` / pulse.weights.fetch_ffhq against a loopback HTTP server (no internet).
+"""``fetch_weights.py ffhq`` / pulse.io.weights.fetch_ffhq against a loopback HTTP server (no internet).
 
 The served files are small ``torch.save``'d state dicts of a 32 px Synthesis and a narrow Mapping made
-here; ``pulse.weights.FFHQ_LAYOUT`` is pointed at that layout so the key/shape check applies to them.
+here; ``pulse.io.weights.FFHQ_LAYOUT`` is pointed at that layout so the key/shape check applies to them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pulse.weights as weights
-from pulse.cli_fetch import main as cli_main
+import pulse.io.weights as weights
 from pulse.generators.stylegan import Mapping, Synthesis
+from pulse.io.cli_fetch import main as cli_main
 
 SMALL = {"resolution": 32, "fmap_base": 256, "fmap_max": 32, "dlatent_size": 16}
 MAPPING = {"latent_size": 16, "dlatent_size": 16, "mapping_layers": 3, "mapping_fmaps": 8}
@@ -84,7 +84,7 @@ def _cache_files() -> list[str]:
 def test_registry_has_urls_and_no_invented_checksums():
     for entry in weights.FFHQ_FILES.values():
         assert entry.urls and all(url.startswith("https://") for url in entry.urls)
-        assert entry.sha256 is None  # none was ever published; see pulse.weights
+        assert entry.sha256 is None  # none was ever published; see pulse.io.weights
 
 
 def test_unknown_checksum_requires_explicit_choice(served, server, capsys):

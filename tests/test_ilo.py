@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pulse.data import GeneratedFaces
-from pulse.ilo import ILOSettings, ILOSolver, project_l1_ball
 from pulse.losses import PulseLoss
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.ilo import ILOSettings, ILOSolver, project_l1_ball
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 
 def projection_by_bisection(v: torch.Tensor, radius: float) -> torch.Tensor:
@@ -119,13 +119,13 @@ def test_ilo_under_bf16_autocast_keeps_its_feature_deviation_in_float32(dcgan, p
         seen.append((values.dtype, radius.dtype))
         return original(values, radius)
 
-    import pulse.ilo
+    import pulse.solvers.ilo
 
-    pulse.ilo.project_l1_ball = spy
+    pulse.solvers.ilo.project_l1_ball = spy
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             result = ILOSolver(base, ILOSettings(blocks=[1], steps=2)).solve(problem[:1])
     finally:
-        pulse.ilo.project_l1_ball = original
+        pulse.solvers.ilo.project_l1_ball = original
     assert seen and all(dtypes == (torch.float32, torch.float32) for dtypes in seen)
     assert torch.isfinite(result.best_loss).all()

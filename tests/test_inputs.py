@@ -17,7 +17,7 @@ from pulse.data import ImageFolder, Problem, unique_names
 from pulse.downscale import BicubicDownscale
 from pulse.generators.stylegan import StyleGANGenerator
 from pulse.runner import run_search, split_solvable
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOWNSCALE_OPTIONS = sorted(p.stem for p in (ROOT / "configs" / "downscale").glob("*.yaml"))

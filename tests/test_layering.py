@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pulse"
 
 # Primitives: maths and operators a solver is built from. They must not reach metrics or the solvers.
 PRIMITIVES = ("pulse.losses", "pulse.downscale", "pulse.degradations", "pulse.optim")
-SOLVERS = ("pulse.solver", "pulse.ilo")
+SOLVERS = ("pulse.solvers.pulse", "pulse.solvers.ilo")
 # Run-level modules above the metrics (a metric computes numbers from tensors, not from a run).
 ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs")
 
@@ -146,3 +147,35 @@ def test_plugin_loss_terms_register_themselves_on_first_use():
         importlib.import_module(module)
         assert name in losses.LOSS_TERMS
     assert callable(losses.lpips_lr) and callable(losses.niqe_hr)  # the names that used to live there
+
+
+def readme_layers(readme: Path = PACKAGE.parent / "README.md") -> list[list[str]]:
+    """The modules of each row of README's architecture table, first layer first."""
+    text = readme.read_text(encoding="utf-8")
+    section = text[text.index("## Layout and architecture") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    return [re.findall(r"`(pulse(?:\.\w+)*)`", row.split("|")[2]) for row in rows]
+
+
+def test_readme_architecture_table_matches_the_code():
+    layers = readme_layers()
+    assert len(layers) >= 4, "README's architecture table was not found"
+    layer_of = {}
+    for index, modules in enumerate(layers):
+        for module in modules:
+            assert module not in layer_of, f"{module} is listed twice in README's architecture table"
+            layer_of[module] = index
+    graph = import_graph()
+    # Package __init__ files that import nothing (pulse, pulse.io, ...) belong to no layer.
+    listed = {module for module, targets in graph.items() if targets or module.count(".") > 1 or module in layer_of}
+    listed -= {m for m in ("pulse", "pulse.io", "pulse.solvers", "pulse.generators") if not graph.get(m)}
+    assert sorted(listed - set(layer_of)) == [], "modules missing from README's architecture table"
+    assert sorted(set(layer_of) - set(graph)) == [], "README's architecture table names modules that do not exist"
+    upward = [
+        f"{module} (layer {layer_of[module] + 1}) imports {target} (layer {layer_of[target] + 1})"
+        for module in layer_of
+        for target in graph[module]
+        if target in layer_of and layer_of[target] > layer_of[module]
+    ]
+    assert upward == []

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pulse.cache import cache_dir, sha256_file
+from pulse.io.cache import cache_dir, sha256_file
 from pulse.metrics import lpips as lp
 
 REAL_CACHE = cache_dir()

@@ -9,7 +9,7 @@ import torch
 from pulse.data import GeneratedFaces
 from pulse.outputs import ResultStore
 from pulse.runner import ShardedBatches, run_search, size_grouped_batches
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 
 class CountingSolver(PulseSolver):

@@ -8,7 +8,7 @@ from pulse.data import GeneratedFaces
 from pulse.downscale import BicubicDownscale
 from pulse.losses import PulseLoss
 from pulse.optim import SphericalOptimizer
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 
 def test_default_problem_is_solved_within_eps(dcgan):

@@ -30,8 +30,8 @@ from pulse.generators.stylegan2 import (
     num_styles,
     upfirdn2d,
 )
-from pulse.ilo import ILOSettings, ILOSolver
-from pulse.solver import PulseSolver, SearchSettings
+from pulse.solvers.ilo import ILOSettings, ILOSolver
+from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 # Tiny network for loading tests: 16 px, 8 channels, 32-dim styles, 2 mapping layers.
@@ -615,18 +615,18 @@ def test_bad_noise_layers_auto_zeroes_none_here_and_a_missing_map_is_reported(ca
     import logging
 
     from pulse.generators.stylegan2 import StyleGAN2Generator
-    from pulse.solver import PulseSolver, SearchSettings
+    from pulse.solvers.pulse import PulseSolver, SearchSettings
 
     generator = StyleGAN2Generator.synthetic(resolution=32)
-    with caplog.at_level(logging.WARNING, logger="pulse.solver"):
+    with caplog.at_level(logging.WARNING, logger="pulse.solvers.pulse"):
         solver = PulseSolver(generator, settings=SearchSettings())  # "auto"
     assert solver.settings.bad_noise_layers == () and not caplog.records
-    with caplog.at_level(logging.WARNING, logger="pulse.solver"):
+    with caplog.at_level(logging.WARNING, logger="pulse.solvers.pulse"):
         PulseSolver(generator, settings=SearchSettings(bad_noise_layers=[17]))  # StyleGAN1's official choice
     (message,) = [r.getMessage() for r in caplog.records]
     maps = len(generator.noise_shapes)
     assert "[17]" in message and f"it has {maps}: 0-{maps - 1}" in message
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pulse.solver"):
+    with caplog.at_level(logging.WARNING, logger="pulse.solvers.pulse"):
         PulseSolver(generator, settings=SearchSettings(bad_noise_layers=[maps - 1]))
     assert not caplog.records

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pulse.convert import ConversionError, load_tf_pickle
 from pulse.degradations import InpaintMask, KernelDownscale
 from pulse.generators.dcgan import DCGANGenerator
 from pulse.generators.stylegan import load_tensor_dict
 from pulse.generators.stylegan2 import load_rosinality, read_nvidia_pkl
+from pulse.io.convert import ConversionError, load_tf_pickle
+from pulse.io.safe_pickle import UnsafePickleError, load_torch_weights, pickle_globals
 from pulse.metrics.lpips import LPIPSUnavailable, converted_cache_path, load_lpips
-from pulse.safe_pickle import UnsafePickleError, load_torch_weights, pickle_globals
 
 SYSTEM = r"(posix|nt|os)\.system"
 

@@ -212,8 +212,8 @@ def census(size: int = 64) -> Counter:
     """ITA groups of the ground truth of every fetched CelebA photo (data=celeba's crop at ``size`` px)."""
     import torch
 
-    from pulse.celeba import celeba_photos
     from pulse.data import celeba_face
+    from pulse.io.celeba import celeba_photos
     from pulse.metrics.skin import ita
 
     photos = celeba_photos()

@@ -2,7 +2,7 @@
 
 The solver optimises a latent ``z`` of shape ``[batch, num_latents, latent_dim]`` on the sphere
 (each ``[latent_dim]`` row keeps its norm) plus optional noise maps, and asks the generator for
-images. Any ``torch.nn.Module`` that provides the members below plugs into :mod:`pulse.solver`;
+images. Any ``torch.nn.Module`` that provides the members below plugs into :mod:`pulse.solvers.pulse`;
 configs select one with ``_target_: my_pkg.MyGenerator``.
 """
 

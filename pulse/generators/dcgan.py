@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pulse.generators.base import freeze
-from pulse.safe_pickle import load_torch_weights
+from pulse.io.safe_pickle import load_torch_weights
 
 WEIGHTS_PACKAGE = "gan-face-generate"
 

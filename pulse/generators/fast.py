@@ -41,9 +41,9 @@ Outputs are 4.5e-4 apart, which is the faithful fp32 port's own distance from a 
 (3e-4); the fast path's distance is the same.
 
 The class follows :class:`pulse.generators.base.Generator` (``resolution``, ``num_latents``,
-``latent_dim``, ``noise_shapes``, ``to_style``, ``synthesize``), so :class:`pulse.solver.PulseSolver`
+``latent_dim``, ``noise_shapes``, ``to_style``, ``synthesize``), so :class:`pulse.solvers.pulse.PulseSolver`
 uses it unchanged, and the layered interface (``num_blocks``, ``block_rows``, ``forward_blocks``,
-``features_to_image``) for :class:`pulse.ilo.ILOSolver`.
+``features_to_image``) for :class:`pulse.solvers.ilo.ILOSolver`.
 """
 
 from __future__ import annotations

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pulse.cache import atomic_write_bytes
-from pulse.cache import cache_dir as default_cache_dir
 from pulse.generators.base import freeze
-from pulse.safe_pickle import load_torch_weights
+from pulse.io.cache import atomic_write_bytes
+from pulse.io.cache import cache_dir as default_cache_dir
+from pulse.io.safe_pickle import load_torch_weights
 
 LRELU_SLOPE = 0.2
 # Inverse of the mapping's last leaky ReLU (slope 0.2): statistics are gathered in this "Gaussian" space.

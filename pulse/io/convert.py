@@ -5,7 +5,7 @@ pickled state is a plain dict: ``version``, ``name``, ``static_kwargs``, ``compo
 ``synthesis`` = G_synthesis, ``mapping`` = G_mapping), ``build_module_src`` (Python source as a string,
 which we never run), ``build_func_name`` and ``variables`` (``[(name, numpy array), ...]``).
 
-The pickle is read with :mod:`pulse.safe_pickle`: only numpy's array/dtype/scalar reconstructors and an
+The pickle is read with :mod:`pulse.io.safe_pickle`: only numpy's array/dtype/scalar reconstructors and an
 inert stub for ``Network`` are allowed, so any other global (``os.system``, ``builtins.eval``, ...) is
 refused before it can run. The variables of ``Gs`` are then renamed to our state-dict keys and laid out
 the PyTorch way:
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pulse.cache import atomic_write_bytes
 from pulse.generators.stylegan import Mapping as MappingNetwork
 from pulse.generators.stylegan import Synthesis
-from pulse.safe_pickle import NUMPY_ALLOWED, restricted_load, stub_class
+from pulse.io.cache import atomic_write_bytes
+from pulse.io.safe_pickle import NUMPY_ALLOWED, restricted_load, stub_class
 
 __all__ = [
     "ConversionError",

@@ -128,7 +128,7 @@ def stub_class(module: str, name: str) -> type:
         "__init__": __init__,
         "__setstate__": __setstate__,
         "__repr__": __repr__,
-        "__module__": f"pulse.safe_pickle.stub:{module}",
+        "__module__": f"pulse.io.safe_pickle.stub:{module}",
         "__qualname__": name,
     }
     return type(name, (), namespace)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from pulse.generators.base import LayeredGenerator
-from pulse.solver import (
+from pulse.solvers.pulse import (
     BestTracker,
     PulseSolver,
     SearchResult,

