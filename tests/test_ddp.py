@@ -85,3 +85,20 @@ def test_only_rank_zero_prints_the_run_summary(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     cli.run(cfg)
     assert "pulse: 1 samples" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def one_batch_reference(tmp_path_factory) -> Path:
+    """Two inputs in one batch (batch size 4), one process."""
+    out = tmp_path_factory.mktemp("one_batch")
+    run_job(out, "auto", 1, 2, batch=4)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_one_batch_over_two_processes_matches_one_process(one_batch_reference, tmp_path, strategy):
+    # One batch, two processes: rank 1 gets only the empty batch; the run must neither hang nor lose a sample.
+    run_job(tmp_path, strategy, 2, 2, batch=4)
+    assert rows(tmp_path) == rows(one_batch_reference)
+    assert len(rows(tmp_path)) == 4
