@@ -96,7 +96,7 @@ def one_batch_reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_fork"])
 def test_one_batch_over_two_processes_matches_one_process(one_batch_reference, tmp_path, strategy):
     # One batch, two processes: rank 1 gets only the empty batch; the run must neither hang nor lose a sample.
     run_job(tmp_path, strategy, 2, 2, batch=4)
