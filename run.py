@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pulse")
 
-TAGGED_GROUPS = ("generator", "data", "loss", "downscale", "optimizer", "schedule", "experiment")
+TAGGED_GROUPS = ("generator", "data", "loss", "downscale", "optimizer", "schedule", "solver", "experiment")
 
 
 def choice_tags(cfg: DictConfig) -> list[str]:
@@ -78,6 +78,31 @@ def build_data(cfg: DictConfig, generator: Any) -> Any:
     return instantiate(cfg.data)
 
 
+def build_solver(cfg: DictConfig) -> tuple[Any, Any]:
+    """The generator and the solver the config names (``configs/solver/*.yaml`` give the solver's factory).
+
+    The factory gets the run's components as keyword arguments (see :mod:`pulse.solvers`), so a new solver
+    needs its module and its config, not a change here.
+    """
+    from pulse.generators.base import check_generator
+    from pulse.solvers.base import check_solver
+
+    if "_target_" not in cfg.solver:
+        raise ValueError("the solver config names no _target_ (its factory); see configs/solver/pulse.yaml")
+    generator = check_generator(instantiate(cfg.generator))
+    solver = instantiate(
+        cfg.solver,
+        _convert_="all",
+        generator=generator,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        downscale=instantiate(cfg.downscale),
+        schedule=cfg.schedule.name,
+        seed=cfg.seed,
+    )
+    return generator, check_solver(solver)
+
+
 def objective_value(summary: RunSummary, objective: str) -> float | None:
     """The number a sweeper optimises: a summary field or the mean of a metric column."""
     if objective in ("success_rate", "mean_downscale_error"):
@@ -92,11 +117,8 @@ def run(cfg: DictConfig) -> RunSummary:
     """Run PULSE as configured; returns the run's summary (also written to ``out_dir/summary.json``)."""
     # Imported here, not at the top: torch and Lightning take seconds to import, which `--help`, `--cfg job`
     # and a mistyped option (Hydra answers before calling this) need not wait for.
-    from pulse.generators.base import check_generator
     from pulse.runner import check_batch_size, run_search
     from pulse.runtime import set_tf32, tune_cpu_allocator
-    from pulse.solvers.ilo import ILOSettings, ILOSolver
-    from pulse.solvers.pulse import PulseSolver, SearchSettings
 
     if cfg.get("tune_cpu_allocator", True):
         tune_cpu_allocator()  # large CPU feature maps reuse freed memory instead of page-faulting anew
@@ -118,25 +140,16 @@ def run(cfg: DictConfig) -> RunSummary:
         launcher = str(hydra_cfg.launcher.get("_target_", ""))
         trainer = spread_jobs_over_gpus(trainer, launcher, int(hydra_cfg.job.num), torch.cuda.device_count())
 
-    generator = check_generator(instantiate(cfg.generator))
-    search = OmegaConf.to_container(cfg.solver, resolve=True)
-    ilo = search.pop("ilo", None)
-    settings = SearchSettings(**search, schedule=cfg.schedule.name, seed=cfg.seed)
-    solver = PulseSolver(
-        generator,
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        downscale=instantiate(cfg.downscale),
-        settings=settings,
-    )
-    if ilo is not None:
-        solver = ILOSolver(solver, ILOSettings(**ilo))
+    generator, solver = build_solver(cfg)
     data = build_data(cfg, generator)
     problems = list(data)
     skipped = getattr(data, "skipped", {})
     if not problems:
         raise RuntimeError(f"no usable input images ({len(skipped)} skipped):\n  " + "\n  ".join(skipped.values()))
-    log.info("%d inputs, loss %s, generator %s", len(problems), solver.loss, type(generator).__name__)
+    log.info(
+        "%d inputs, solver %s, loss %s, generator %s",
+        len(problems), type(solver).__name__, getattr(solver, "loss", None), type(generator).__name__,
+    )  # fmt: skip
 
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
     try:

@@ -31,8 +31,8 @@ from pulse.data import Problem
 from pulse.metrics import default_metrics
 from pulse.metrics.base import RunMetric
 from pulse.outputs import RESULT_FIELDS, ResultStore, RunSummary, name_key
-from pulse.solvers.ilo import ILOSolver
-from pulse.solvers.pulse import PulseSolver, SearchResult, StepInfo, sample_seed
+from pulse.solvers.base import Solver
+from pulse.solvers.pulse import SearchResult, StepInfo, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def collate_problems(problems: list[Problem]) -> list[Problem]:
 
 
 class PulseModule(pl.LightningModule):
-    """Runs one :meth:`PulseSolver.solve` per predict step.
+    """Runs one ``solver.solve`` per predict step.
 
     Args:
         solver: the configured search; its generator becomes a submodule so Lightning places it.
@@ -115,7 +115,7 @@ class PulseModule(pl.LightningModule):
 
     def __init__(
         self,
-        solver: PulseSolver | ILOSolver,
+        solver: Solver,
         step_progress: bool = True,
         log_steps: bool = False,
         frames_every: int = 0,
@@ -145,7 +145,7 @@ class PulseModule(pl.LightningModule):
     def predict_step(self, batch: list[Problem], batch_idx: int) -> SearchResult | None:
         if not batch:  # a rank with no share of the work (see ShardedBatches)
             return None
-        steps = getattr(self.solver, "total_steps", self.solver.settings.steps)
+        steps = getattr(self.solver, "total_steps", getattr(self.solver.settings, "steps", 1))
         show = self.step_progress and self.trainer.is_global_zero
         with tqdm(total=steps, desc="steps", leave=False, disable=not show, dynamic_ncols=True) as bar:
 
@@ -242,9 +242,7 @@ def log_run_end(loggers: Sequence[Logger], summary: RunSummary, rows: list[dict[
         logger.finalize("success")
 
 
-def split_solvable(
-    solver: PulseSolver | ILOSolver, problems: Sequence[Problem]
-) -> tuple[list[Problem], dict[str, str]]:
+def split_solvable(solver: Solver, problems: Sequence[Problem]) -> tuple[list[Problem], dict[str, str]]:
     """The problems the solver can search, and ``{file or name: why not}`` for the others.
 
     Asked once per input size, before any search, so an input the downscale option cannot serve
@@ -297,7 +295,7 @@ def check_precision(precision: Any) -> None:
 
 
 def _probe_batch_size(
-    pl_trainer: pl.Trainer, solver: PulseSolver | ILOSolver, pending: Sequence[Problem], out_dir: Path, limit: int
+    pl_trainer: pl.Trainer, solver: Solver, pending: Sequence[Problem], out_dir: Path, limit: int
 ) -> int:
     """``batch_size="auto"`` on the trainer's device and precision (see :mod:`pulse.autobatch`)."""
     if pl_trainer.world_size > 1:
@@ -319,7 +317,7 @@ def _probe_batch_size(
 
 
 def run_search(
-    solver: PulseSolver | ILOSolver,
+    solver: Solver,
     problems: Sequence[Problem],
     out_dir: str | Path,
     batch_size: int | str = 8,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -119,6 +120,18 @@ class ILOSolver:
         self.settings = base.settings
         self.loss = base.loss
         self.total_steps = base.settings.steps + len(self.ilo.blocks) * self.ilo.steps
+
+    @classmethod
+    def from_config(
+        cls,
+        generator: LayeredGenerator,
+        ilo: dict[str, Any] | None = None,
+        **search: Any,
+    ) -> ILOSolver:
+        """The solver of ``configs/solver/ilo.yaml``: ``ilo`` holds :class:`ILOSettings` fields, everything else
+        (``loss``, ``optimizer``, ``downscale``, the :class:`SearchSettings` fields) builds the PULSE search it
+        starts from, as :meth:`PulseSolver.from_config`."""
+        return cls(PulseSolver.from_config(generator, **search), ILOSettings(**(ilo or {})))
 
     def check_input_size(self, height: int, width: int) -> None:
         """Why ``[h, w]`` inputs cannot be searched, as :meth:`PulseSolver.check_input_size`."""

@@ -417,6 +417,18 @@ class PulseSolver:
                 missing, layers, layers - 1,
             )  # fmt: skip
 
+    @classmethod
+    def from_config(
+        cls,
+        generator: Generator,
+        loss: PulseLoss | None = None,
+        optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
+        downscale: Callable[[int], nn.Module] = BicubicDownscale,
+        **settings: Any,
+    ) -> PulseSolver:
+        """The solver of ``configs/solver/pulse.yaml``: ``settings`` are :class:`SearchSettings` fields, flat."""
+        return cls(generator, loss, optimizer, downscale, SearchSettings(**settings))
+
     def _check_inputs(self, lr_images: torch.Tensor) -> int:
         if lr_images.ndim != 4 or lr_images.shape[1] != 3:
             raise ValueError(f"expected low-resolution images [N, 3, h, w], got shape {tuple(lr_images.shape)}")
