@@ -67,7 +67,7 @@ def background_upscaler(method: str | BackgroundUpscaler) -> BackgroundUpscaler:
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """A face found in a photo: ``box`` ``(left, top, right, bottom)`` pixels (or ``None``), ``landmarks`` ``[n, 2]``."""
+    """A face in a photo: ``box`` ``(left, top, right, bottom)`` pixels (or ``None``), ``landmarks`` ``[n, 2]``."""
 
     box: tuple[int, int, int, int] | None
     landmarks: np.ndarray

@@ -1,0 +1,211 @@
+"""Whole-photo restoration (pulse/restore.py, pulse/cli_restore.py): geometry exact on linear images, any
+solver through the Solver contract, bad files skipped, and the real pipeline (dlib + DCGAN) on the astronaut."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pulse.align import align_face, ffhq_quad, keypoints_from_landmarks
+from pulse.downscale import BicubicDownscale
+from pulse.faces import dlib_available
+from pulse.restore import (
+    DetectedFace,
+    PhotoRestorer,
+    bicubic_upscale,
+    feather_mask,
+    output_size,
+    paste_face,
+    restore_files,
+)
+from tests.helpers import fake_result
+
+# Five landmarks (eyes, nose, mouth corners) of an upright face centred near (70, 55) in a 150 x 110 photo.
+FIVE_POINTS = np.array([[58.0, 45.0], [82.0, 45.0], [70.0, 58.0], [60.0, 70.0], [80.0, 70.0]])
+
+
+def gradient_photo(height: int = 110, width: int = 150) -> np.ndarray:
+    """``[H, W, 3]`` uint8, each channel a different linear ramp within [25, 230] (bilinear sampling is exact)."""
+    ys, xs = np.mgrid[:height, :width].astype(np.float64)
+    channels = [25 + 1.3 * xs, 25 + 1.8 * ys, 230 - 0.6 * xs - 0.7 * ys]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+class ConstantSolver:
+    """A stand-in solver: every sample is one colour; records the LR batch it was given."""
+
+    def __init__(self, resolution: int = 64, colour: tuple[float, float, float] = (1.0, 0.0, 0.0), duplicates=1):
+        self.generator = torch.nn.Linear(1, 1)
+        self.generator.resolution = resolution
+        self.settings = SimpleNamespace(duplicates=duplicates, seed=0, steps=1)
+        self.colour = torch.tensor(colour).view(1, 3, 1, 1)
+        self.inputs: list[torch.Tensor] = []
+
+    def solve(self, lr_images, seeds=None, callback=None, frames_every=0):
+        self.inputs.append(lr_images)
+        count = len(lr_images) * self.settings.duplicates
+        hr = self.colour.expand(count, 3, self.generator.resolution, self.generator.resolution).clone()
+        hr[1::2] *= 0.5  # duplicates differ, so the chosen one (lowest error) is checked
+        result = fake_result(hr, [i // self.settings.duplicates for i in range(count)],
+                             [i % self.settings.duplicates for i in range(count)])  # fmt: skip
+        result.downscale_error = torch.tensor([0.01 if i % 2 == 0 else 0.001 for i in range(count)])
+        if callback is not None:
+            callback(SimpleNamespace(step=0, steps=1))
+        return result
+
+
+def test_output_size_keeps_the_aspect_ratio():
+    assert output_size(110, 150, 2.5) == (275, 375)
+    assert output_size(3, 5, 0.5) == (2, 2)  # rounded half to even, never zero
+
+
+def test_feather_mask_is_one_inside_zero_outside_and_smooth():
+    unit = torch.tensor([[0.5, 0.5], [0.1, 0.5], [0.05, 0.5], [0.0, 0.3], [-0.1, 0.5], [0.5, 1.2]])
+    mask = feather_mask(unit, 0.1)
+    assert mask.tolist() == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    assert feather_mask(unit, 0.0).tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 3.0])
+def test_pasting_the_aligned_crop_back_reproduces_a_linear_photo(scale):
+    """Align (bilinear, no supersampling) then warp back (bilinear): on a linear image both are exact, so the
+    pasted pixels must equal the photo's own linear function at the output pixels' source positions."""
+    photo = gradient_photo()
+    quad = ffhq_quad(keypoints_from_landmarks(FIVE_POINTS))
+    aligned = align_face(photo, quad, 64, supersample=1, padding="black")
+    face = torch.from_numpy(aligned.astype(np.float32) / 255).permute(2, 0, 1)
+    size = output_size(*photo.shape[:2], scale)
+    canvas = torch.zeros(3, *size)
+    pasted = paste_face(canvas, face, quad, photo.shape[:2], feather=0.0)
+
+    ys, xs = np.mgrid[: size[0], : size[1]].astype(np.float64)
+    src_x, src_y = (xs + 0.5) / scale - 0.5, (ys + 0.5) / scale - 0.5
+    expected = np.stack([25 + 1.3 * src_x, 25 + 1.8 * src_y, 230 - 0.6 * src_x - 0.7 * src_y]) / 255
+    # Pixels well inside the quad (1.5 aligned pixels from its edge, where both samplers have neighbours).
+    basis = np.stack([quad[3] - quad[0], quad[1] - quad[0]], axis=1)
+    unit = np.linalg.solve(basis, np.stack([src_x - quad[0][0], src_y - quad[0][1]]).reshape(2, -1)).reshape(2, *size)
+    inside = (unit.min(0) > 1.5 / 64) & (unit.max(0) < 1 - 1.5 / 64)
+    assert inside.sum() > 0.3 * quad_area(quad) * scale**2
+    difference = np.abs(pasted.numpy() - expected)[:, inside]
+    assert difference.max() < 1.6 / 255  # two 8-bit roundings (photo, aligned crop)
+    assert (pasted[:, ~torch.from_numpy(unit.min(0) >= 0) | ~torch.from_numpy(unit.max(0) <= 1)] == 0).all()
+
+
+def quad_area(quad: np.ndarray) -> float:
+    return float(np.linalg.norm(quad[3] - quad[0]) ** 2)
+
+
+def test_restorer_pastes_the_chosen_sample_and_keeps_the_rest_bicubic():
+    photo = torch.from_numpy(gradient_photo()).permute(2, 0, 1).float() / 255
+    solver = ConstantSolver(duplicates=2)
+    restorer = PhotoRestorer(solver, scale=2.5, face_factor=8, detector=lambda image: [])
+    steps = []
+    result = restorer.restore(photo, name="grad", faces=[DetectedFace(None, FIVE_POINTS)], callback=steps.append)
+
+    assert result.restored.shape == (3, 275, 375) and result.status == "restored 1 face" and len(steps) == 1
+    face = result.faces[0]
+    # The solver saw the aligned face, bicubic-downscaled by 8 and rounded to 8 bits.
+    assert solver.inputs[0].shape == (1, 3, 8, 8)
+    expected_lr = torch.round(BicubicDownscale(8)(face.aligned[None]).clamp(0, 1) * 255) / 255
+    torch.testing.assert_close(solver.inputs[0], expected_lr)
+    assert face.chosen == 1 and face.metrics["downscale_error"] == [0.01, 0.001]  # the lower error is pasted
+    background = bicubic_upscale(photo, (275, 375))
+    torch.testing.assert_close(result.background, background)
+    centre = (np.mean(face.quad, axis=0) + 0.5) * 2.5 - 0.5
+    cx, cy = (int(round(v)) for v in centre)
+    torch.testing.assert_close(result.restored[:, cy, cx], torch.tensor([0.5, 0.0, 0.0]))  # sample 1: half red
+    changed = (result.restored != background).any(0)
+    corners_out = (face.quad + 0.5) * 2.5 - 0.5
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    assert xs.min() >= corners_out[:, 0].min() - 1 and xs.max() <= corners_out[:, 0].max() + 1
+    assert ys.min() >= corners_out[:, 1].min() - 1 and ys.max() <= corners_out[:, 1].max() + 1
+    summary = result.summary()
+    assert summary["input_size"] == [150, 110] and summary["output_size"] == [375, 275]
+    assert summary["faces"][0]["box"] is None and len(summary["faces"][0]["landmarks"]) == 5
+    assert summary["faces"][0]["lr_size"] == 8 and summary["faces"][0]["sr_size"] == 64
+
+
+def test_a_photo_without_faces_is_upscaled_and_reported():
+    photo = torch.rand(3, 40, 70)
+    result = PhotoRestorer(ConstantSolver(), scale=2, detector=lambda image: []).restore(photo)
+    assert result.status == "no face found: upscaled only" and result.faces == []
+    torch.testing.assert_close(result.restored, bicubic_upscale(photo, (80, 140)))
+
+
+def test_bad_settings_fail_with_one_clear_line():
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        PhotoRestorer(ConstantSolver(), scale=0)
+    with pytest.raises(ValueError, match="factor"):
+        PhotoRestorer(ConstantSolver(), scale=4, face_factor=3)  # 3 does not divide 64
+    with pytest.raises(ValueError, match="unknown background method 'esrgan'; available: bicubic"):
+        PhotoRestorer(ConstantSolver(), background="esrgan")
+    assert PhotoRestorer(ConstantSolver(), scale=3).face_factor == 2  # 3 does not divide 64: smallest that does
+    assert PhotoRestorer(ConstantSolver(), scale=8).face_factor == 8
+
+
+def test_restore_files_skips_odd_files_and_goes_on(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(gradient_photo()).save(photos / "good.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    (photos / "notes.txt").write_text("hello")
+    lines = []
+    restorer = PhotoRestorer(
+        ConstantSolver(), scale=2, detector=lambda image: [DetectedFace((1, 2, 3, 4), FIVE_POINTS)]
+    )
+    summary = restore_files([photos, tmp_path / "missing.jpg"], tmp_path / "out", restorer, log=lines.append)
+
+    assert [p["name"] for p in summary["photos"]] == ["good"]
+    reasons = " | ".join(summary["skipped"].values())
+    assert "broken.png: cannot read image" in reasons and "notes.txt" in reasons and "missing.jpg" in reasons
+    assert sum(line.startswith("skipped") for line in lines) == 3
+    out = tmp_path / "out"
+    assert Image.open(out / "good.png").size == (300, 220)
+    assert Image.open(out / "good_background.png").size == (300, 220)
+    assert Image.open(out / "good_faces" / "face_0.png").size == (3 * 64, 64)  # LR | aligned | sample
+    written = json.loads((out / "good.json").read_text())
+    assert written["faces"][0]["box"] == [1, 2, 3, 4] and written["status"] == "restored 1 face"
+    assert json.loads((out / "summary.json").read_text())["skipped"] == summary["skipped"]
+
+
+def test_cli_rejects_a_bad_override_and_no_photo(tmp_path, capsys):
+    from pulse.cli_restore import main, split_inputs
+
+    assert split_inputs(["a.png", "solver=ilo", "solver.steps=3"]) == (["a.png"], ["solver=ilo", "solver.steps=3"])
+    assert main(["solver=ilo", "--out", str(tmp_path)]) == 2
+    assert "no photo given" in capsys.readouterr().err
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main([str(tmp_path / "a.png"), "solver=nonexistent", "--out", str(tmp_path / "o")]) == 2
+    assert "Could not find 'solver/nonexistent'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not dlib_available(), reason="dlib and its models are not installed (pip install -e '.[faces]')")
+@pytest.mark.parametrize("overrides", [["solver.steps=3"], ["solver=ilo", "solver.steps=2", "solver.ilo.steps=1"]])
+def test_cli_restores_the_astronaut_offline(tmp_path, overrides, capsys):
+    """Done-when of issue 20: same aspect ratio at the scale, faces replaced, the rest upscaled; CPU, offline."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from pulse.cli_restore import main
+
+    photo = skimage_data.astronaut()[:, 64:448]  # 512 x 384: not square
+    Image.fromarray(photo).save(tmp_path / "astronaut.png")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "astronaut.png"), "--out", str(out), "--scale", "2", "--quiet", *overrides]) == 0
+    assert re.search(r"1 photos \(\d faces\) restored x2 into", capsys.readouterr().out)
+    restored = np.asarray(Image.open(out / "astronaut.png"))
+    background = np.asarray(Image.open(out / "astronaut_background.png"))
+    assert restored.shape == background.shape == (1024, 768, 3)
+    report = json.loads((out / "astronaut.json").read_text())
+    face = report["faces"][0]
+    left, top, right, bottom = face["box"]  # dlib's box of the real face, in input pixels
+    assert 80 < left < right < 240 and 40 < top < bottom < 200
+    assert len(face["landmarks"]) == 68 and face["lr_size"] == 32 and face["sr_size"] == 64
+    assert np.isfinite(face["downscale_error"][0]) and face["status"][0]
+    inside = (slice(2 * top, 2 * bottom), slice(2 * left, 2 * right))
+    assert np.abs(restored[inside].astype(int) - background[inside]).mean() > 2  # the face was replaced
+    assert (restored[900:, 700:] == background[900:, 700:]).all()  # far from both faces: the bicubic photo
