@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--background", default="bicubic", help="upscaler of the rest of the photo (bicubic)")
     parser.add_argument("--feather", type=float, default=0.1, help="blend ramp, fraction of the face crop (0.1)")
+    parser.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling: 2 finds smaller faces (1)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--config-dir", type=Path, help="pulse's configs/ folder (default: the checkout's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from pulse.faces import FacesUnavailable  # noqa: PLC0415
-    from pulse.restore import PhotoRestorer, restore_files  # noqa: PLC0415
+    from pulse.restore import DlibFaceDetector, PhotoRestorer, restore_files  # noqa: PLC0415
 
     try:
         cfg = compose_config(overrides, args.config_dir)
@@ -115,8 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             face_factor=args.face_factor,
             background=args.background,
             feather=args.feather,
+            detector=DlibFaceDetector(args.upsample),  # loads dlib now: a missing install fails before any photo
         )
-        restorer.detector  # noqa: B018 - load dlib now so that a missing install fails before any photo
     except (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError, FacesUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
