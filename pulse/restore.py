@@ -170,7 +170,8 @@ class FaceResult:
         lr: ``[3, R / face_factor, R / face_factor]`` the solver's input.
         samples: ``[D, 3, R, R]`` every sample the solver returned for this face.
         chosen: index of the sample pasted into the photo (the lowest downscale error).
-        metrics: per sample ``downscale_error``, ``success``, ``best_step``, ``status`` (lists of length ``D``).
+        metrics: per sample ``downscale_error``, ``lr_psnr`` (dB), ``success``, ``best_step``, ``status`` (lists of
+            length ``D``).
     """
 
     box: tuple[int, int, int, int] | None
@@ -331,6 +332,8 @@ class PhotoRestorer:
             restored = paste_face(restored, samples[chosen], quad, (height, width), self.feather)
             metrics = {
                 "downscale_error": [round(e, 6) for e in errors],
+                # PSNR of the sample's downscale against the LR face: how well it explains the input.
+                "lr_psnr": [round(-10 * math.log10(e), 2) if e > 0 else None for e in errors],
                 "success": [bool(search.success[i]) for i in rows],
                 "best_step": [int(search.best_step[i]) for i in rows],
                 "status": [search.status[i] for i in rows],

@@ -54,6 +54,22 @@ def astronaut(path: Path, size: tuple[int, int] = (192, 256)) -> Path:
     return path
 
 
+def test_examples_are_the_fetched_celeba_photos(tmp_path, monkeypatch):
+    import json
+
+    from pulse.demo import example_photos
+
+    assert example_photos() == []  # the test cache has nothing fetched
+    folder = tmp_path / "celeba"
+    folder.mkdir()
+    for name in ("000009.jpg", "000007.jpg", "000008.jpg"):
+        (folder / name).write_bytes(b"jpeg")
+    manifest = {"files": {name: "0" * 64 for name in ("000009.jpg", "000007.jpg", "000008.jpg")}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("PULSE_CACHE", str(tmp_path))
+    assert [Path(p).name for p in example_photos(2)] == ["000007.jpg", "000008.jpg"]
+
+
 def test_solver_names_and_generator_choice(tmp_path):
     from pulse.demo import default_generator, solver_names
 

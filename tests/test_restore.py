@@ -115,6 +115,7 @@ def test_restorer_pastes_the_chosen_sample_and_keeps_the_rest_bicubic():
     expected_lr = torch.round(BicubicDownscale(8)(face.aligned[None]).clamp(0, 1) * 255) / 255
     torch.testing.assert_close(solver.inputs[0], expected_lr)
     assert face.chosen == 1 and face.metrics["downscale_error"] == [0.01, 0.001]  # the lower error is pasted
+    assert face.metrics["lr_psnr"] == [20.0, 30.0]
     background = bicubic_upscale(photo, (275, 375))
     torch.testing.assert_close(result.background, background)
     centre = (np.mean(face.quad, axis=0) + 0.5) * 2.5 - 0.5
@@ -209,3 +210,12 @@ def test_cli_restores_the_astronaut_offline(tmp_path, overrides, capsys):
     inside = (slice(2 * top, 2 * bottom), slice(2 * left, 2 * right))
     assert np.abs(restored[inside].astype(int) - background[inside]).mean() > 2  # the face was replaced
     assert (restored[900:, 700:] == background[900:, 700:]).all()  # far from both faces: the bicubic photo
+
+
+def test_a_face_at_the_photo_edge_is_clipped_not_an_error():
+    photo = torch.from_numpy(gradient_photo()).permute(2, 0, 1).float() / 255
+    corner = FIVE_POINTS - np.array([60.0, 45.0])  # the quad now reaches far beyond the top-left corner
+    result = PhotoRestorer(ConstantSolver(), scale=2).restore(photo, faces=[DetectedFace(None, corner)])
+    assert result.restored.shape == (3, 220, 300) and len(result.faces) == 1
+    assert torch.allclose(result.restored[:, 20, 20], torch.tensor([1.0, 0.0, 0.0]))  # deep inside: the sample
+    assert torch.equal(result.restored[:, 150:, 200:], result.background[:, 150:, 200:])
