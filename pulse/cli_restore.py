@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--background", default="bicubic", help="upscaler of the rest of the photo (bicubic)")
     parser.add_argument("--feather", type=float, default=0.1, help="blend ramp, fraction of the face crop (0.1)")
     parser.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling: 2 finds smaller faces (1)")
+    parser.add_argument(
+        "--min-score", type=float, default=0.0, help="drop dlib detections scoring below this (0: dlib's default)"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--config-dir", type=Path, help="pulse's configs/ folder (default: the checkout's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             face_factor=args.face_factor,
             background=args.background,
             feather=args.feather,
-            detector=DlibFaceDetector(args.upsample),  # loads dlib now: a missing install fails before any photo
+            detector=DlibFaceDetector(
+                args.upsample, args.min_score
+            ),  # loads dlib now: a missing install fails before any photo
         )
     except (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError, FacesUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -172,6 +172,7 @@ def test_restore_files_skips_odd_files_and_goes_on(tmp_path):
     assert Image.open(out / "good_faces" / "face_0.png").size == (3 * 64, 64)  # LR | aligned | sample
     written = json.loads((out / "good.json").read_text())
     assert written["faces"][0]["box"] == [1, 2, 3, 4] and written["status"] == "restored 1 face"
+    assert written["faces"][0]["detection_score"] is None
     assert json.loads((out / "summary.json").read_text())["skipped"] == summary["skipped"]
 
 
@@ -204,6 +205,7 @@ def test_cli_restores_the_astronaut_offline(tmp_path, overrides, capsys):
     report = json.loads((out / "astronaut.json").read_text())
     face = report["faces"][0]
     left, top, right, bottom = face["box"]  # dlib's box of the real face, in input pixels
+    assert face["detection_score"] > 0.5
     assert 80 < left < right < 240 and 40 < top < bottom < 200
     assert len(face["landmarks"]) == 68 and face["lr_size"] == 32 and face["sr_size"] == 64
     assert np.isfinite(face["downscale_error"][0]) and face["status"][0]
@@ -219,3 +221,15 @@ def test_a_face_at_the_photo_edge_is_clipped_not_an_error():
     assert result.restored.shape == (3, 220, 300) and len(result.faces) == 1
     assert torch.allclose(result.restored[:, 20, 20], torch.tensor([1.0, 0.0, 0.0]))  # deep inside: the sample
     assert torch.equal(result.restored[:, 150:, 200:], result.background[:, 150:, 200:])
+
+
+@pytest.mark.skipif(not dlib_available(), reason="dlib and its models are not installed (pip install -e '.[faces]')")
+def test_min_score_drops_the_false_detection_on_the_astronaut():
+    skimage_data = pytest.importorskip("skimage.data")
+    from pulse.restore import DlibFaceDetector
+
+    photo = skimage_data.astronaut()
+    every = DlibFaceDetector()(photo)
+    assert [face.box for face in every] == [(175, 76, 265, 166), (126, 335, 215, 425)]  # face, suit (false)
+    assert every[0].score > 1 > 0.5 > every[1].score > 0 and every[0].landmarks.shape == (68, 2)
+    assert [face.box for face in DlibFaceDetector(min_score=0.5)(photo)] == [(175, 76, 265, 166)]
