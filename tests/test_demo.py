@@ -80,6 +80,12 @@ def test_solver_names_and_generator_choice(tmp_path):
     assert "pulse" in solver_names() and "ilo" in solver_names()
     assert default_generator("cpu") == "dcgan_faces"
     assert default_generator("cuda") == "dcgan_faces"  # the test cache has no StyleGAN weights
+    from pulse.io.weights import ffhq_dir
+
+    ffhq_dir().mkdir(parents=True)
+    for name in ("synthesis.pt", "mapping.pt"):
+        (ffhq_dir() / name).write_bytes(b"")
+    assert default_generator("cuda") == "stylegan_ffhq" and default_generator("cpu") == "dcgan_faces"
 
 
 @pytest.mark.skipif(not dlib_available(), reason="dlib not installed (pip install -e '.[faces]')")
