@@ -126,15 +126,48 @@ def wait_for_server(url: str, process: subprocess.Popen, timeout: float = 120) -
     raise AssertionError(f"pulse-demo did not answer at {url} within {timeout} s")
 
 
+RECORD_PROGRESS = """() => {
+    window.progressTexts = [];
+    new MutationObserver(() => {
+        const found = document.body.innerText.match(/step \\d+\\/\\d+/);
+        if (found) window.progressTexts.push(found[0]);
+    }).observe(document.body, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def stand_in_celeba(cache: Path) -> Path:
+    """A cache whose CelebA folder holds one 178 x 218 JPEG (a crop of skimage's astronaut, not a CelebA photo)."""
+    import hashlib
+    import json
+
+    from PIL import Image
+    from skimage import data
+
+    folder = cache / "celeba"
+    folder.mkdir(parents=True)
+    Image.fromarray(data.astronaut()[40:258, 110:288]).save(folder / "000007.jpg", quality=95)
+    digest = hashlib.sha256((folder / "000007.jpg").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps({"files": {"000007.jpg": digest}}))
+    return folder / "000007.jpg"
+
+
+def restored_size(page) -> tuple[int, int]:
+    restored = page.locator("#restored img").first
+    restored.wait_for(timeout=180_000)
+    return tuple(restored.evaluate("img => [img.naturalWidth, img.naturalHeight]"))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(missing_for_browser_test() is not None, reason=str(missing_for_browser_test()))
-def test_the_page_restores_an_uploaded_photo_in_chromium(tmp_path):
+def test_the_page_restores_an_uploaded_photo_and_an_example_in_chromium(tmp_path):
     from playwright.sync_api import sync_playwright
 
     photo = astronaut(tmp_path / "astronaut.png")
+    stand_in_celeba(tmp_path / "cache")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1"}
+    env["PULSE_CACHE"] = str(tmp_path / "cache")
     command = [sys.executable, "-m", "pulse.demo", "--port", str(port), "--steps", "3", "--device", "cpu"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -143,16 +176,30 @@ def test_the_page_restores_an_uploaded_photo_in_chromium(tmp_path):
             browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(url)
+            page.locator("#restore").wait_for(timeout=30_000)
             assert "DigiFace" in page.locator("#prior-note").inner_text()  # what the embedded prior cannot do
+
+            # An uploaded photo, the page's defaults (x4, PULSE, 1 sample, 3 steps).
             page.locator("#photo input[type=file]").set_input_files(str(photo))
             page.locator("#photo img").first.wait_for(timeout=30_000)  # the upload's preview
             page.locator("#restore").click()
-            restored = page.locator("#restored img").first
-            restored.wait_for(timeout=120_000)
-            width, height = restored.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-            assert (width, height) == (4 * 192, 4 * 256)  # the default scale, the photo's aspect ratio
+            assert restored_size(page) == (4 * 192, 4 * 256)  # the scale, the photo's aspect ratio
             assert page.locator("#samples-out img").count() >= 1 and page.locator("#lr-faces img").count() >= 1
             assert "restored" in page.locator("#metrics").inner_text()
+
+            # A CelebA example, x2, 2 samples, 40 steps: the progress bar counts the steps meanwhile.
+            page.locator("img[src*='000007.jpg']").first.click()
+            page.locator("#scale").get_by_text("2", exact=True).click()
+            for slider, value in (("#steps", "40"), ("#samples", "2")):
+                page.locator(f"{slider} input[type=number]").fill(value)
+                page.locator(f"{slider} input[type=number]").press("Enter")
+            page.evaluate(RECORD_PROGRESS)
+            page.locator("#restore").click()
+            page.locator("#metrics").get_by_text("178x218 -> 356x436").wait_for(timeout=180_000)
+            assert restored_size(page) == (2 * 178, 2 * 218)
+            assert page.locator("#samples-out img").count() == 2  # one face, two samples
+            progress = page.evaluate("window.progressTexts")
+            assert any(text.endswith("/40") for text in progress), progress
             browser.close()
     finally:
         process.terminate()
