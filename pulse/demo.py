@@ -124,13 +124,15 @@ def metrics_markdown(result: PhotoResult) -> str:
     (in_w, in_h), (out_w, out_h) = summary["input_size"], summary["output_size"]
     lines = [f"**{result.status}** - {in_w}x{in_h} -> {out_w}x{out_h} px in {result.seconds:.1f} s", ""]
     if summary["faces"]:
-        lines += ["| face | sample | LR px | downscale error | reached eps | best step |", "|---|---|---|---|---|---|"]
+        header = "| face | sample | LR px | downscale error | reached eps | best step | id dist (same person <= 0.6) |"
+        lines += [header, "|---|---|---|---|---|---|---|"]
         for face in summary["faces"]:
-            for sample, (error, success, step) in enumerate(
-                zip(face["downscale_error"], face["success"], face["best_step"], strict=True)
+            for sample, (error, success, step, identity) in enumerate(
+                zip(face["downscale_error"], face["success"], face["best_step"], face["id_dist"], strict=True)
             ):
                 chosen = " (pasted)" if sample == face["chosen_sample"] else ""
-                cells = [face["index"], f"{sample}{chosen}", face["lr_size"], f"{error:.4g}", success, step]
+                identity = "null" if identity is None else f"{identity:.3f}"
+                cells = [face["index"], f"{sample}{chosen}", face["lr_size"], f"{error:.4g}", success, step, identity]
                 lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines)

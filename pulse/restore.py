@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from pulse.align import LandmarkError, align_face, ffhq_quad, keypoints_from_landmarks
-from pulse.data import IMAGE_SUFFIXES, ImageError, load_image, save_image, scan_folder, to_uint8
+from pulse.data import IMAGE_SUFFIXES, ImageError, load_image, save_image, scan_folder, to_uint8, unique_names
 from pulse.downscale import BicubicDownscale, check_factor
 from pulse.solvers.base import Solver
 
@@ -443,10 +443,12 @@ def restore_files(
     files, skipped = photo_files(inputs)
     for reason in skipped.values():
         log(f"skipped {reason}")
+    names, clashes = unique_names(files)  # the folder inputs' rule: the stem, or the file name if stems clash
+    skipped.update(clashes)
+    for reason in clashes.values():
+        log(f"skipped {reason}")
     photos: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for path in files:
-        name = path.stem if path.stem not in used else path.name.replace(".", "_")
+    for path, name in names.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a multi-frame GIF's note; the first frame is used
@@ -457,7 +459,6 @@ def restore_files(
             skipped[str(path)] = reason
             log(f"skipped {reason}")
             continue
-        used.add(name)
         photos.append(write_result(result, out_dir))
         errors = [f"{min(face['downscale_error']):.4g}" for face in photos[-1]["faces"]]
         detail = f" (downscale error {', '.join(errors)})" if errors else ""

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from pulse.cli_restore import main as restore_main
 
 ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("detection_score", "lr_size", "downscale_error", "lr_psnr", "success", "id_dist")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     draw.text((side + 8, 6), f"pulse-restore x2 (PULSE, DCGAN; downscale error {error:.4f})", fill="black")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(args.out, optimize=True)
-    print(f"wrote {args.out} (work folder {work})")
+    face = report["faces"][0]
+    print(f"wrote {args.out} (work folder {work}); face 0: {json.dumps({k: face[k] for k in METRICS})}")
     return 0
 
 

@@ -154,6 +154,7 @@ def test_restore_files_skips_odd_files_and_goes_on(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(gradient_photo()).save(photos / "good.png")
+    Image.fromarray(gradient_photo()[:, ::-1]).save(photos / "good.bmp")  # same stem: named by file name
     (photos / "broken.png").write_bytes(b"not a png")
     (photos / "notes.txt").write_text("hello")
     lines = []
@@ -161,15 +162,15 @@ def test_restore_files_skips_odd_files_and_goes_on(tmp_path):
     restorer = PhotoRestorer(ConstantSolver(), scale=2, detector=detector, identity=False)
     summary = restore_files([photos, tmp_path / "missing.jpg"], tmp_path / "out", restorer, log=lines.append)
 
-    assert [p["name"] for p in summary["photos"]] == ["good"]
+    assert [p["name"] for p in summary["photos"]] == ["good.bmp", "good.png"]
     reasons = " | ".join(summary["skipped"].values())
     assert "broken.png: cannot read image" in reasons and "notes.txt" in reasons and "missing.jpg" in reasons
     assert sum(line.startswith("skipped") for line in lines) == 3
     out = tmp_path / "out"
-    assert Image.open(out / "good.png").size == (300, 220)
-    assert Image.open(out / "good_background.png").size == (300, 220)
-    assert Image.open(out / "good_faces" / "face_0.png").size == (3 * 64, 64)  # LR | aligned | sample
-    written = json.loads((out / "good.json").read_text())
+    assert Image.open(out / "good.png.png").size == Image.open(out / "good.bmp.png").size == (300, 220)
+    assert Image.open(out / "good.png_background.png").size == (300, 220)
+    assert Image.open(out / "good.png_faces" / "face_0.png").size == (3 * 64, 64)  # LR | aligned | sample
+    written = json.loads((out / "good.png.json").read_text())
     assert written["faces"][0]["box"] == [1, 2, 3, 4] and written["status"] == "restored 1 face"
     assert written["faces"][0]["detection_score"] is None
     assert json.loads((out / "summary.json").read_text())["skipped"] == summary["skipped"]
