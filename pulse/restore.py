@@ -325,7 +325,15 @@ class PhotoRestorer:
             except LandmarkError as error:
                 notes.append(f"face {index}: {error}")
                 continue
-            array = align_face(pixels, quad, self.resolution, supersample=self.supersample, padding=self.padding)
+            inside = (quad[:, 0].max() > 0) & (quad[:, 0].min() < width - 1) & (quad[:, 1].max() > 0)
+            if not inside or quad[:, 1].min() >= height - 1:
+                notes.append(f"face {index}: its alignment crop lies outside the {width}x{height} photo; skipped")
+                continue
+            try:
+                array = align_face(pixels, quad, self.resolution, supersample=self.supersample, padding=self.padding)
+            except ValueError as error:  # e.g. a crop PIL cannot make from a tiny photo; the other faces go on
+                notes.append(f"face {index}: cannot be aligned ({error}); skipped")
+                continue
             aligned_faces.append(torch.from_numpy(array.astype(np.float32) / 255.0).permute(2, 0, 1))
             kept.append((face, quad))
         if not kept:

@@ -255,3 +255,16 @@ def test_identity_distance_is_null_with_a_note_without_dlib(monkeypatch):
     result = PhotoRestorer(ConstantSolver(duplicates=2), scale=1).restore(photo, faces=faces)
     assert [face.metrics["id_dist"] for face in result.faces] == [[None, None], [None, None]]
     assert result.notes == ["id_dist unavailable: dlib is not installed: pip install"]  # once, not per face
+
+
+def test_faces_that_cannot_be_aligned_are_noted_and_the_photo_upscaled():
+    restorer = PhotoRestorer(ConstantSolver(), scale=2, identity=False)
+    outside = DetectedFace(None, FIVE_POINTS + 500)  # landmarks given far beyond the photo
+    result = restorer.restore(torch.rand(3, 5, 5), faces=[outside, DetectedFace(None, FIVE_POINTS[:3])])
+    assert result.status == "no usable face: upscaled only" and result.restored.shape == (3, 10, 10)
+    assert result.notes[0] == "face 0: its alignment crop lies outside the 5x5 photo; skipped"
+    assert result.notes[1].startswith("face 1: got 3 landmarks")
+    tiny = restorer.restore(torch.rand(3, 1, 1), faces=[DetectedFace(None, FIVE_POINTS)])  # PIL's crop would fail
+    assert tiny.restored.shape == (3, 2, 2) and tiny.status == "no usable face: upscaled only"
+    covering = restorer.restore(torch.rand(3, 1, 1), faces=[DetectedFace(None, FIVE_POINTS - 70)])
+    assert covering.status == "restored 1 face" and torch.equal(covering.restored[0], torch.ones(2, 2))  # red
