@@ -15,6 +15,11 @@ The pipeline of GFPGAN/CodeFormer-style restorers, with a PULSE-family solver in
 The output has the input's aspect ratio (``round(H * scale) x round(W * scale)``). A photo with no face is
 upscaled and reported as such. Nothing here needs Hydra; ``pulse.cli_restore`` is the command line.
 
+Inverting the alignment is exact up to one approximation of FFHQ's recipe that :func:`pulse.align.align_face` keeps
+for bit-compatibility: a face wider than ``4 R`` px is aligned from a photo shrunk by an integer ``k`` with the quad
+divided by ``k`` (not mapped pixel centre to pixel centre), which shifts the crop by under ``k / 2`` photo pixels,
+well under one aligned pixel.
+
 Coordinates follow :mod:`pulse.align`: pixel centres at integers. Output pixel ``p`` of the upscaled photo
 looks at source position ``(p + 0.5) / scale - 0.5``; aligned pixel ``u`` of a quad with corners
 ``q0 (top-left), q1 (bottom-left), q3 (top-right)`` samples source ``q0 + (u + 0.5) / R * (q3 - q0, q1 - q0)``.

@@ -268,3 +268,16 @@ def test_faces_that_cannot_be_aligned_are_noted_and_the_photo_upscaled():
     assert tiny.restored.shape == (3, 2, 2) and tiny.status == "no usable face: upscaled only"
     covering = restorer.restore(torch.rand(3, 1, 1), faces=[DetectedFace(None, FIVE_POINTS - 70)])
     assert covering.status == "restored 1 face" and torch.equal(covering.restored[0], torch.ones(2, 2))  # red
+
+
+def test_the_command_line_help_runs_without_loading_the_pipeline():
+    import subprocess
+    import sys
+
+    code = "import sys; from pulse.cli_restore import main; main(['--help'])"
+    check = "; print('torch' in sys.modules, 'hydra' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", f"{code}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--face-factor" in out.stdout and "Hydra overrides" in out.stdout
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, pulse.cli_restore{check}"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert loaded.stdout.split() == ["False", "False"]  # --help and a typo answer at once
