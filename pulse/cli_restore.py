@@ -66,6 +66,16 @@ def pick_device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def face_factor_arg(text: str) -> int | str:
+    """``--face-factor``: a positive integer or ``native``."""
+    if text == "native":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'native', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pulse-restore", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -74,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--scale", type=float, default=4, help="output size / input size (default 4)")
     parser.add_argument(
-        "--face-factor", type=int, help="the solver's factor: aligned face side / LR side (default: --scale)"
+        "--face-factor",
+        type=face_factor_arg,
+        help="the solver's factor: aligned face side / LR side (default: --scale); native: LR faces as large as "
+        "the faces in the photo",
     )
     parser.add_argument("--background", default="bicubic", help="upscaler of the rest of the photo (bicubic)")
     parser.add_argument("--feather", type=float, default=0.1, help="blend ramp, fraction of the face crop (0.1)")

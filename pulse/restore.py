@@ -112,6 +112,22 @@ class DlibFaceDetector:
         return faces
 
 
+NATIVE = "native"
+
+
+def native_face_factor(resolution: int, face_sides: Sequence[float]) -> int:
+    """The divisor ``f`` of ``resolution`` for which ``resolution / f`` is closest (in ratio) to the median side.
+
+    ``face_sides``: the side of each face's alignment crop in photo pixels. Faces larger than ``resolution``
+    give 1 (the solver then only projects the face onto the generator's faces, no super-resolution).
+    """
+    if not face_sides:
+        raise ValueError("native_face_factor needs at least one face")
+    target = max(float(np.median(face_sides)), 1.0)
+    divisors = [f for f in range(1, resolution + 1) if resolution % f == 0]
+    return min(divisors, key=lambda f: abs(math.log(resolution / f / target)))
+
+
 def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """The restored photo's ``(height, width)``: the input's times ``scale``, rounded."""
     return max(round(height * scale), 1), max(round(width * scale), 1)
@@ -216,6 +232,7 @@ class PhotoResult:
     seconds: float
     status: str
     notes: list[str] = field(default_factory=list)
+    face_factor: int | None = None  # the solver's factor used (None: no face searched)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description: sizes, status, each face's box, landmarks, quad and metrics."""
@@ -225,6 +242,7 @@ class PhotoResult:
             "input_size": list(self.photo.shape[-2:][::-1]),  # width, height
             "output_size": list(self.restored.shape[-2:][::-1]),
             "scale": self.scale,
+            "face_factor": self.face_factor,
             "seconds": round(self.seconds, 3),
             "notes": self.notes,
             "faces": [
@@ -252,7 +270,9 @@ class PhotoRestorer:
         scale: output size over input size (any positive number; the aspect ratio is kept).
         face_factor: the solver's super-resolution factor: faces are aligned at ``R`` and downscaled by it
             (must divide ``R``). Default: ``scale`` when it is an integer dividing ``R``, else the smallest
-            factor >= 2 dividing ``R``.
+            factor >= 2 dividing ``R``. ``"native"``: per photo, the factor that makes the LR face about as large
+            as the faces are in the photo (:func:`native_face_factor`), so that the solver sees the photo's own
+            detail, neither blurred by upsampling nor thrown away (e.g. 16 for 64 px faces and a 1024 px StyleGAN).
         detector: a :data:`FaceDetector`; default dlib (:class:`DlibFaceDetector`), built on first use.
         background: ``"bicubic"`` or a :data:`BackgroundUpscaler`.
         feather: fraction of each quad's side over which the face fades into the background.
@@ -264,7 +284,7 @@ class PhotoRestorer:
         self,
         solver: Solver,
         scale: float = 4,
-        face_factor: int | None = None,
+        face_factor: int | str | None = None,
         detector: FaceDetector | None = None,
         background: str | BackgroundUpscaler = "bicubic",
         feather: float = 0.1,
@@ -280,19 +300,26 @@ class PhotoRestorer:
         self.resolution = int(solver.generator.resolution)
         self.scale = float(scale)
         self.face_factor = self._face_factor(face_factor)
-        check_factor(self.resolution, self.resolution, self.face_factor)
         self._detector = detector
         self.background = background_upscaler(background)
         self.feather = float(feather)
         self.supersample = int(supersample)
         self.padding = padding
         self.identity = bool(identity)
-        check_input_size = getattr(solver, "check_input_size", None)
-        if check_input_size is not None:
-            lr_size = self.resolution // self.face_factor
-            check_input_size(lr_size, lr_size)  # fail now, not after the first detection
+        if self.face_factor != NATIVE:
+            self._check_factor(self.face_factor)  # fail now, not after the first detection
 
-    def _face_factor(self, face_factor: int | None) -> int:
+    def _check_factor(self, factor: int) -> None:
+        check_factor(self.resolution, self.resolution, factor)
+        check_input_size = getattr(self.solver, "check_input_size", None)
+        if check_input_size is not None:
+            check_input_size(self.resolution // factor, self.resolution // factor)
+
+    def _face_factor(self, face_factor: int | str | None) -> int | str:
+        if face_factor == NATIVE:
+            return NATIVE
+        if isinstance(face_factor, str):
+            raise ValueError(f"face_factor must be a positive integer or {NATIVE!r}, got {face_factor!r}")
         if face_factor is not None:
             if int(face_factor) != face_factor or face_factor < 1:
                 raise ValueError(f"face_factor must be a positive integer, got {face_factor!r}")
@@ -347,7 +374,11 @@ class PhotoRestorer:
                                time.perf_counter() - start, status, notes)  # fmt: skip
 
         aligned = torch.stack(aligned_faces)
-        lr = BicubicDownscale(self.face_factor)(aligned).clamp(0, 1)
+        factor = self.face_factor
+        if factor == NATIVE:
+            factor = native_face_factor(self.resolution, [math.dist(quad[0], quad[3]) for _, quad in kept])
+            self._check_factor(factor)
+        lr = BicubicDownscale(factor)(aligned).clamp(0, 1)
         lr = torch.round(lr * 255.0) / 255.0  # what an 8-bit LR file would hold, as the folder inputs are
         device = _module_device(self.solver.generator)
         search = self.solver.solve(lr.to(device), callback=callback)
@@ -377,7 +408,7 @@ class PhotoRestorer:
             )
         status = f"restored {len(results)} face{'s' if len(results) != 1 else ''}"
         return PhotoResult(name, photo, background, restored, results, self.scale,
-                           time.perf_counter() - start, status, notes)  # fmt: skip
+                           time.perf_counter() - start, status, notes, factor)  # fmt: skip
 
 
 def identity_distances(reference: torch.Tensor, samples: torch.Tensor, notes: list[str]) -> list[float | None]:

@@ -281,3 +281,22 @@ def test_the_command_line_help_runs_without_loading_the_pipeline():
     loaded = subprocess.run([sys.executable, "-c", f"import sys, pulse.cli_restore{check}"], capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert loaded.stdout.split() == ["False", "False"]  # --help and a typo answer at once
+
+
+def test_native_face_factor_matches_the_lr_face_to_the_photo_face():
+    from pulse.restore import native_face_factor
+
+    assert native_face_factor(64, [16.0]) == 4 and native_face_factor(1024, [64.0, 60.0, 70.0]) == 16
+    assert native_face_factor(64, [24.0]) == 2  # 32 px is 1.33x off, 16 px 1.5x: the closer ratio wins
+    assert native_face_factor(64, [170.0]) == 1  # faces larger than the generator: no super-resolution
+    photo = torch.from_numpy(gradient_photo()).permute(2, 0, 1).float() / 255
+    solver = ConstantSolver()
+    restorer = PhotoRestorer(solver, scale=2, face_factor="native", identity=False)
+    result = restorer.restore(photo, faces=[DetectedFace(None, FIVE_POINTS)])
+    side = np.linalg.norm(result.faces[0].quad[3] - result.faces[0].quad[0])
+    assert side == pytest.approx(96) and result.face_factor == 1  # 64 px (1.5x off) beats 32 px (3x)
+    assert solver.inputs[0].shape[-1] == 64 and result.summary()["face_factor"] == 1
+    result = restorer.restore(torch.rand(3, 30, 40), faces=[DetectedFace(None, FIVE_POINTS / 6)])
+    assert result.face_factor == 4 and solver.inputs[-1].shape[-1] == 16  # a 16 px face: 16 px LR
+    with pytest.raises(ValueError, match="positive integer or 'native'"):
+        PhotoRestorer(solver, face_factor="auto")
