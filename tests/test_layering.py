@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pulse"
 PRIMITIVES = ("pulse.losses", "pulse.downscale", "pulse.degradations", "pulse.optim")
 SOLVERS = ("pulse.solvers.base", "pulse.solvers.pulse", "pulse.solvers.ilo")
 # Run-level modules above the metrics (a metric computes numbers from tensors, not from a run).
-ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs")
+ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs", "pulse.restore", "pulse.cli_restore", "pulse.demo")
 
 
 def module_names(root: Path = PACKAGE) -> dict[str, Path]:
