@@ -472,3 +472,87 @@ class CelebAFaces:
 
     def __len__(self) -> int:
         return len(self.files) * len(self.factors)
+
+
+class ElevationPatches:
+    """Real terrain with ground truth: square patches of a digital elevation model, for ``generator=terrain``.
+
+    The default DEM is matplotlib's sample ``jacksboro_fault_dem.npz`` (344x403 int16 metres, 3-arc-second
+    grid, about 90 x 75 m per pixel, 236-1076 m). Its kilometre-scale relief is far from the terrain model's
+    metre-scale heightmaps (each of its samples spans about 0-22 m), so each patch is scaled vertically on
+    its own: ``h' = (h - min) / (max - min) * HEIGHT_RANGE`` (its lowest point at 0 m, its highest at the
+    model's 22.17 m; a ~400 m relief is divided by ~20), then asinh-compressed to the model's unit scale
+    (:func:`pulse.generators.terrain.metres_to_unit`). Horizontally the pixels are used as they are. The
+    inputs are made from the patch as in :class:`GeneratedFaces`, rounded to ``quantize`` bits (16 default).
+
+    Args:
+        resolution: patch side (the generator's, 128).
+        count: patches used, in row-major order of a grid with step ``stride`` (``None``: all).
+        stride: step between patch corners in DEM pixels (``resolution``: no overlap).
+        factors: downscaling factors.
+        quantize: bits of the inputs (8, 16, or false).
+        degradation: as in :class:`GeneratedFaces` (``None``: the paper's bicubic).
+        path: an ``.npz`` with an ``elevation`` array (metres); default matplotlib's sample.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        count: int | None = 4,
+        stride: int | None = None,
+        factors: Sequence[int] = (4, 8),
+        quantize: bool | int = 16,
+        degradation: str | Callable[[int], nn.Module] | None = None,
+        path: str | Path | None = None,
+    ) -> None:
+        from pulse.generators.terrain import HEIGHT_RANGE, metres_to_unit
+
+        quantize_levels(torch.zeros(1), quantize)
+        if path is None:
+            try:
+                from matplotlib import cbook
+            except ImportError as error:
+                raise ImportError("data=dem reads matplotlib's sample DEM: pip install matplotlib") from error
+            archive = cbook.get_sample_data("jacksboro_fault_dem.npz")
+        else:
+            archive = np.load(Path(path).expanduser())
+        elevation = np.asarray(archive["elevation"], dtype=np.float64)
+        if elevation.ndim != 2 or min(elevation.shape) < resolution:
+            raise ValueError(f"the DEM is {elevation.shape}, smaller than one {resolution} px patch")
+        stride = stride or resolution
+        corners = [
+            (top, left)
+            for top in range(0, elevation.shape[0] - resolution + 1, stride)
+            for left in range(0, elevation.shape[1] - resolution + 1, stride)
+        ]
+        if count is not None:
+            if not 1 <= count <= len(corners):
+                raise ValueError(f"data.count={count}: the DEM holds {len(corners)} patches at stride {stride}")
+            corners = corners[:count]
+        self.corners = corners
+        self.relief_m: list[float] = []
+        patches = []
+        for top, left in corners:
+            patch = elevation[top : top + resolution, left : left + resolution]
+            relief = float(patch.max() - patch.min())
+            if relief <= 0:
+                raise ValueError(f"the DEM patch at ({top}, {left}) is flat")
+            self.relief_m.append(relief)
+            metres = torch.from_numpy((patch - patch.min()) / relief * HEIGHT_RANGE)
+            patches.append(metres_to_unit(metres).float()[None])
+        self.patches = torch.stack(patches)
+        self.factors = [int(f) for f in factors]
+        self.quantize = quantize
+        for factor in self.factors:
+            integer_factor(resolution, resolution // factor if factor > 0 else 0)
+        degradation_factory = operator_factory(degradation)
+        self.operators = {factor: degradation_factory(factor) for factor in self.factors}
+
+    def __iter__(self) -> Iterator[Problem]:
+        for factor in self.factors:
+            lr = quantize_levels(degrade(self.operators[factor], self.patches).clamp(0, 1), self.quantize)
+            for (top, left), low, high in zip(self.corners, lr, self.patches, strict=True):
+                yield Problem(f"dem{top:03d}_{left:03d}_x{factor}", low, high)
+
+    def __len__(self) -> int:
+        return len(self.corners) * len(self.factors)
