@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import time
 from pathlib import Path
@@ -39,13 +40,35 @@ def roughness(images: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), LAPLACIAN).abs().flatten(1).mean(1)
 
 
+def latent_statistics(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whiteness of searched noise maps ``[B, 1, 16384]``: lag-1 correlation (0 for white noise) and kurtosis (3).
+
+    The model was trained on white Gaussian noise; a search that keeps the norm (the sphere) can still make
+    the map spatially correlated or heavy-tailed, inputs the one-step model never saw.
+    """
+    maps = latent.reshape(-1, 128, 128).double()
+    maps = (maps - maps.mean(dim=(1, 2), keepdim=True)) / maps.std(dim=(1, 2), keepdim=True)
+    lag1 = 0.5 * ((maps[:, 1:] * maps[:, :-1]).mean(dim=(1, 2)) + (maps[:, :, 1:] * maps[:, :, :-1]).mean(dim=(1, 2)))
+    return lag1, maps.pow(4).mean(dim=(1, 2))
+
+
 def bicubic_upsample(lr: torch.Tensor, size: int) -> torch.Tensor:
     """The no-prior baseline: bicubic interpolation (a = -0.75, torch's) of ``[B, 1, h, w]`` to ``size``."""
     return F.interpolate(lr, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def measure(name: str, method: str, factor: int, data: str, hr: torch.Tensor, sr: torch.Tensor, lr: torch.Tensor):
-    """One row per sample of ``sr`` ``[B, 1, R, R]``."""
+def measure(
+    name: list[str],
+    method: str,
+    factor: int,
+    data: str,
+    hr: torch.Tensor,
+    sr: torch.Tensor,
+    lr: torch.Tensor,
+    latent: torch.Tensor | None = None,
+) -> list[dict]:
+    """One row per sample of ``sr`` ``[B, 1, R, R]``; latent statistics where the searched noise map is known."""
+    lag1, kurtosis = latent_statistics(latent) if latent is not None else (None, None)
     down = BicubicDownscale(factor)(sr)
     rows = []
     error = (down - lr).pow(2).flatten(1).mean(1)
@@ -63,6 +86,8 @@ def measure(name: str, method: str, factor: int, data: str, hr: torch.Tensor, sr
                 "ssim": float(ssim(sr[i : i + 1], hr[i : i + 1])[0]),
                 "rmse_m": float(rmse_m[i]),
                 "hf_ratio": float(ratio[i]),
+                "latent_lag1": float(lag1[i]) if lag1 is not None else math.nan,
+                "latent_kurtosis": float(kurtosis[i]) if kurtosis is not None else math.nan,
             }
         )
     return rows
@@ -127,8 +152,9 @@ def main() -> None:
             outputs["pulse"] = first_stage["result"].hr
             if args.ilo_steps:
                 outputs["ilo"] = found.hr
+            latents = {"pulse": first_stage["result"].latent}
             for method, sr in outputs.items():
-                rows += measure(names, method, factor, data, hr, sr, lr)
+                rows += measure(names, method, factor, data, hr, sr, lr, latents.get(method))
             print(f"{data} x{factor}: {len(chosen)} inputs searched in {seconds:.0f} s", flush=True)
             for i in range(len(chosen)):
                 lr_up = F.interpolate(lr[i : i + 1], size=(128, 128), mode="nearest")[0]
@@ -145,17 +171,20 @@ def write_outputs(rows: list[dict], grid_rows: list[list[torch.Tensor]], out: Pa
     for row in rows:
         groups.setdefault((row["data"], row["factor"], row["method"]), []).append(row)
     lines = [
-        "| data | factor | method | n | downscale_error | psnr (dB) | ssim | rmse (m) | hf_ratio |",
-        "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| data | factor | method | n | downscale_error | psnr (dB) | ssim | rmse (m) | hf_ratio "
+        "| latent lag-1 | kurtosis |",
+        "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (data, factor, method), members in groups.items():
 
         def mean(key: str, members: list[dict] = members) -> str:
-            return f"{statistics.fmean(r[key] for r in members):.4g}"
+            value = statistics.fmean(r[key] for r in members)
+            return "-" if math.isnan(value) else f"{value:.4g}"
 
         lines.append(
             f"| {data} | x{factor} | {method} | {len(members)} | {mean('downscale_error')} | {mean('psnr')} | "
-            f"{mean('ssim')} | {mean('rmse_m')} | {mean('hf_ratio')} |"
+            f"{mean('ssim')} | {mean('rmse_m')} | {mean('hf_ratio')} | {mean('latent_lag1')} | "
+            f"{mean('latent_kurtosis')} |"
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
