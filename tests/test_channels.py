@@ -185,3 +185,11 @@ def test_one_channel_byo_generator_runs_end_to_end(tmp_path, solver):
     assert Image.open(tmp_path / "grid.png").mode == "L"
     notes = json.loads((tmp_path / "summary.json").read_text())["notes"]
     assert any("face generators only" in v and "'microscopy'" in v for v in notes.values())
+
+
+def test_batch_size_probe_uses_the_generator_channels():
+    from pulse.autobatch import solver_step_timer
+
+    solver = PulseSolver(GrayGenerator(), settings=SearchSettings(steps=10))
+    time_step = solver_step_timer(solver, 4, torch.device("cpu"), steps=1, warmup=1)
+    assert time_step(2) > 0
