@@ -66,6 +66,7 @@ def measure(
     sr: torch.Tensor,
     lr: torch.Tensor,
     latent: torch.Tensor | None = None,
+    best_step: torch.Tensor | None = None,
 ) -> list[dict]:
     """One row per sample of ``sr`` ``[B, 1, R, R]``; latent statistics where the searched noise map is known."""
     lag1, kurtosis = latent_statistics(latent) if latent is not None else (None, None)
@@ -88,6 +89,7 @@ def measure(
                 "hf_ratio": float(ratio[i]),
                 "latent_lag1": float(lag1[i]) if lag1 is not None else math.nan,
                 "latent_kurtosis": float(kurtosis[i]) if kurtosis is not None else math.nan,
+                "best_step": int(best_step[i]) if best_step is not None else -1,
             }
         )
     return rows
@@ -153,8 +155,9 @@ def main() -> None:
             if args.ilo_steps:
                 outputs["ilo"] = found.hr
             latents = {"pulse": first_stage["result"].latent}
+            best = {"pulse": first_stage["result"].best_step, "ilo": found.best_step}
             for method, sr in outputs.items():
-                rows += measure(names, method, factor, data, hr, sr, lr, latents.get(method))
+                rows += measure(names, method, factor, data, hr, sr, lr, latents.get(method), best.get(method))
             print(f"{data} x{factor}: {len(chosen)} inputs searched in {seconds:.0f} s", flush=True)
             for i in range(len(chosen)):
                 lr_up = F.interpolate(lr[i : i + 1], size=(128, 128), mode="nearest")[0]
@@ -172,8 +175,8 @@ def write_outputs(rows: list[dict], grid_rows: list[list[torch.Tensor]], out: Pa
         groups.setdefault((row["data"], row["factor"], row["method"]), []).append(row)
     lines = [
         "| data | factor | method | n | downscale_error | psnr (dB) | ssim | rmse (m) | hf_ratio "
-        "| latent lag-1 | kurtosis |",
-        "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| latent lag-1 | kurtosis | best step |",
+        "| :--- | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (data, factor, method), members in groups.items():
 
@@ -184,7 +187,7 @@ def write_outputs(rows: list[dict], grid_rows: list[list[torch.Tensor]], out: Pa
         lines.append(
             f"| {data} | x{factor} | {method} | {len(members)} | {mean('downscale_error')} | {mean('psnr')} | "
             f"{mean('ssim')} | {mean('rmse_m')} | {mean('hf_ratio')} | {mean('latent_lag1')} | "
-            f"{mean('latent_kurtosis')} |"
+            f"{mean('latent_kurtosis')} | {mean('best_step')} |"
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
