@@ -73,7 +73,11 @@ def build_data(cfg: DictConfig, generator: Any) -> Any:
     target = cfg.data.get("_target_", "")
     if target.endswith("GeneratedFaces"):
         return instantiate(cfg.data, generator=generator)
-    if target.endswith(("ImageFolder", "CelebAFaces")):
+    if target.endswith("ImageFolder"):  # grey files load as one channel for a 1-channel generator
+        from pulse.generators.base import generator_channels
+
+        return instantiate(cfg.data, resolution=generator.resolution, channels=generator_channels(generator))
+    if target.endswith(("CelebAFaces", "ElevationPatches")):
         return instantiate(cfg.data, resolution=generator.resolution)
     return instantiate(cfg.data)
 
@@ -166,6 +170,7 @@ def run(cfg: DictConfig) -> RunSummary:
             frames_every=cfg.frame_every if cfg.save_intermediate else 0,
             skipped_inputs=skipped,
             auto_batch_limit=cfg.get("auto_batch_limit", 64),
+            save_formats=list(cfg.get("save_formats") or []),
         )
     finally:
         finish_wandb()

@@ -132,13 +132,15 @@ def solver_step_timer(
     Args:
         solver: a :class:`pulse.solvers.pulse.PulseSolver` or :class:`pulse.solvers.ilo.ILOSolver` whose generator is on
             ``device``; the search is cut short after ``warmup + steps`` steps.
-        lr_side: side of the random ``[batch, 3, lr_side, lr_side]`` targets (the run's input size).
+        lr_side: side of the random ``[batch, C, lr_side, lr_side]`` targets (the run's input size; ``C`` the
+            generator's channels).
         context: entered around each search (the run's precision, e.g. Lightning's autocast context).
     """
     duplicates = int(getattr(solver.settings, "duplicates", 1))
+    channels = int(getattr(solver.generator, "channels", 3))
 
     def time_step(batch: int) -> float:
-        targets = torch.rand(batch, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batch))
+        targets = torch.rand(batch, channels, lr_side, lr_side, generator=torch.Generator().manual_seed(batch))
         stamps = [time.perf_counter()]
 
         def stamp(info: Any) -> None:

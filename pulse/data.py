@@ -1,7 +1,8 @@
 """Inputs for a run: images from a folder, faces sampled from the generator itself, or real CelebA faces.
 
-Every source yields :class:`Problem` items: a name, the low-resolution input ``[3, h, w]`` in [0, 1]
-and, when known, the high-resolution ground truth ``[3, H, W]``.
+Every source yields :class:`Problem` items: a name, the low-resolution input ``[C, h, w]`` in [0, 1]
+and, when known, the high-resolution ground truth ``[C, H, W]``; ``C`` is the generator's ``channels``
+(3 for RGB, 1 for heightmaps and other single-channel data).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class Problem:
     Attributes:
         name: unique identifier, used in output file names: the file's stem (its whole name when two
             files share a stem, e.g. ``photo.webp`` and ``photo.bmp``), or ``face003_x4``.
-        lr: ``[3, h, w]`` float32 in [0, 1].
-        hr: ``[3, H, W]`` ground truth in [0, 1], or ``None`` when unknown.
+        lr: ``[C, h, w]`` float32 in [0, 1].
+        hr: ``[C, H, W]`` ground truth in [0, 1], or ``None`` when unknown.
         source: the file it was read from (its name in the folder), or ``None``.
     """
 
@@ -75,21 +76,43 @@ def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read an image file as ``[3, H, W]`` float32 in [0, 1].
+# BT.601 luma, the weights PIL's convert("L") uses; for colour files read as one channel.
+LUMA_601 = (0.299, 0.587, 0.114)
 
-    Grayscale is replicated to RGB, transparency composited over black, 16-bit data scaled to [0, 1];
+
+def _to_gray_array(image: Image.Image, path: Path) -> np.ndarray:
+    """Decode any PIL mode to ``[H, W, 1]`` float32 in [0, 1]: gray as it is (16 bits kept), colour as BT.601 luma."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        return np.clip(array / peak, 0.0, 1.0)[..., None]
+    if mode in ("L", "1"):
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    rgb = _to_rgb_array(image, path)
+    warnings.warn(f"{path.name}: {mode} image read as one channel (BT.601 luma)", stacklevel=3)
+    return (rgb @ np.asarray(LUMA_601, dtype=np.float32))[..., None]
+
+
+def load_image(path: str | Path, channels: int = 3) -> torch.Tensor:
+    """Read an image file as ``[channels, H, W]`` float32 in [0, 1] (``channels`` 3 or 1).
+
+    For 3 channels, grayscale is replicated to RGB, transparency composited over black, 16-bit data scaled to [0, 1];
+    for 1 channel, gray files (8 or 16 bits) are read as they are and colour ones as BT.601 luma (with a warning);
     an EXIF orientation tag (phone and camera photos) is applied, so the image is upright as viewers
     show it; unreadable or truncated files raise :class:`ImageError` naming the file.
     """
+    if channels not in (1, 3):
+        raise ValueError(f"images can be read with 1 or 3 channels, not {channels}")
     path = Path(path)
+    decode = _to_rgb_array if channels == 3 else _to_gray_array
     try:
         with Image.open(path) as image:
             image.load()
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 warnings.warn(f"{path.name}: the first of its {frames} frames is used", stacklevel=2)
-            array = _to_rgb_array(ImageOps.exif_transpose(image), path)
+            array = decode(ImageOps.exif_transpose(image), path)
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
@@ -100,18 +123,51 @@ def load_image(path: str | Path) -> torch.Tensor:
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8 (rounded), as written to PNG."""
-    return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    """``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8 (rounded), as written to PNG; ``[1, H, W]`` -> ``[H, W]``."""
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return array[..., 0] if image.shape[0] == 1 else array
 
 
-def save_image(image: torch.Tensor, path: str | Path) -> None:
-    """Write ``[3, H, W]`` in [0, 1] as an 8-bit PNG, atomically (a crash never leaves half a file)."""
+def save_image(image: torch.Tensor, path: str | Path, bits: int = 8) -> None:
+    """Write ``[3, H, W]`` (RGB) or ``[1, H, W]`` (mode L) in [0, 1] as a PNG, atomically.
+
+    ``bits=16`` writes a 16-bit grayscale PNG (1 channel only), for data such as elevation whose 256
+    levels would lose it. The write is atomic: a crash never leaves half a file.
+    """
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"save_image takes [3, H, W] or [1, H, W] images, got {tuple(image.shape)}")
+    if bits not in (8, 16) or (bits == 16 and image.shape[0] != 1):
+        raise ValueError(f"PNGs are written with 8 bits, or 16 bits for 1-channel images; got {bits} bits")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = to_uint8(image)
+    if bits == 8:
+        picture = Image.fromarray(to_uint8(image))
+    else:
+        levels = (image[0].detach().double().clamp(0, 1).cpu().numpy() * 65535.0).round().astype(np.uint16)
+        picture = Image.fromarray(levels)  # PIL stores uint16 arrays as mode I;16
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: DDP ranks share the folder
-    Image.fromarray(array).save(tmp)
+    picture.save(tmp)
     tmp.replace(path)
+
+
+def save_array(image: torch.Tensor, path: str | Path) -> None:
+    """Write ``[C, H, W]`` in [0, 1] as float32 ``.npy`` (no quantisation at all), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, image.detach().float().cpu().numpy())
+    tmp.replace(path)
+
+
+def quantize_levels(images: torch.Tensor, quantize: bool | int) -> torch.Tensor:
+    """Round ``images`` in [0, 1] as a file would: ``True`` or 8 -> 8 bits, 16 -> 16 bits, ``False``/0 -> unchanged."""
+    bits = 8 if quantize is True else int(quantize)
+    if bits == 0:
+        return images
+    if bits not in (8, 16):
+        raise ValueError(f"quantize must be true/false, 8 or 16 (bits), got {quantize!r}")
+    peak = 2**bits - 1
+    return (images * peak).round() / peak
 
 
 def scan_folder(folder: str | Path) -> tuple[list[Path], dict[str, str]]:
@@ -187,6 +243,8 @@ class ImageFolder:
         degradation: how inputs are made from ground truth when ``factor`` is given: a factory
             ``factor -> nn.Module``, an operator name of :func:`pulse.degradations.make_operator`,
             or ``None`` for the paper's bicubic.
+        channels: the generator's channels: 3 reads every file as RGB, 1 as one gray channel
+            (see :func:`load_image`).
     """
 
     def __init__(
@@ -196,7 +254,11 @@ class ImageFolder:
         factor: int | None = None,
         strict: bool = False,
         degradation: str | Callable[[int], nn.Module] | None = None,
+        channels: int = 3,
     ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"data=folder reads images with 1 or 3 channels; this generator has {channels}")
+        self.channels = channels
         files, others = scan_folder(path)
         _require_images(path, files, others)
         self.names, clashes = unique_names(files)
@@ -220,7 +282,7 @@ class ImageFolder:
             )
 
     def _problem(self, path: Path) -> Problem:
-        image = load_image(path)
+        image = load_image(path, self.channels)
         height, width = image.shape[-2:]
         if height != width:
             raise ImageError(f"{path}: non-square image {width}x{height}; crop it to a square first")
@@ -262,10 +324,11 @@ class GeneratedFaces:
         num: faces per factor.
         factors: downscaling factors; each face appears once per factor.
         seed: seed of the sampled faces (independent of the search seed).
-        quantize: round the inputs to 8 bits, as if read from PNG files.
+        quantize: round the inputs to 8 bits, as if read from PNG files (or 16: 16 bits; false: not at all).
         degradation: the operator that makes the inputs: a factory ``factor -> nn.Module``, an
             operator name of :func:`pulse.degradations.make_operator`, or ``None`` for the paper's
             bicubic. It may differ from the solver's ``downscale`` (model mismatch experiments).
+        prefix: start of each input's name (``face003_x4``); e.g. ``terrain`` for a terrain generator.
     """
 
     def __init__(
@@ -274,9 +337,12 @@ class GeneratedFaces:
         num: int = 8,
         factors: Sequence[int] = (4, 8),
         seed: int = 1234,
-        quantize: bool = True,
+        quantize: bool | int = True,
         degradation: str | Callable[[int], nn.Module] | None = None,
+        prefix: str = "face",
     ) -> None:
+        quantize_levels(torch.zeros(1), quantize)  # a bad value fails here, not mid-run
+        self.prefix = prefix
         self.generator = generator
         self.num = num
         self.factors = [int(f) for f in factors]
@@ -291,11 +357,9 @@ class GeneratedFaces:
     def __iter__(self) -> Iterator[Problem]:
         faces = sample_images(self.generator, self.num, seed=self.seed)
         for factor in self.factors:
-            lr = degrade(self.operators[factor], faces).clamp(0, 1)
-            if self.quantize:
-                lr = (lr * 255).round() / 255
+            lr = quantize_levels(degrade(self.operators[factor], faces).clamp(0, 1), self.quantize)
             for index in range(self.num):
-                yield Problem(f"face{index:03d}_x{factor}", lr[index], faces[index])
+                yield Problem(f"{self.prefix}{index:03d}_x{factor}", lr[index], faces[index])
 
     def __len__(self) -> int:
         return self.num * len(self.factors)
@@ -408,3 +472,87 @@ class CelebAFaces:
 
     def __len__(self) -> int:
         return len(self.files) * len(self.factors)
+
+
+class ElevationPatches:
+    """Real terrain with ground truth: square patches of a digital elevation model, for ``generator=terrain``.
+
+    The default DEM is matplotlib's sample ``jacksboro_fault_dem.npz`` (344x403 int16 metres, 3-arc-second
+    grid, about 90 x 75 m per pixel, 236-1076 m). Its kilometre-scale relief is far from the terrain model's
+    metre-scale heightmaps (each of its samples spans about 0-22 m), so each patch is scaled vertically on
+    its own: ``h' = (h - min) / (max - min) * HEIGHT_RANGE`` (its lowest point at 0 m, its highest at the
+    model's 22.17 m; a ~400 m relief is divided by ~20), then asinh-compressed to the model's unit scale
+    (:func:`pulse.generators.terrain.metres_to_unit`). Horizontally the pixels are used as they are. The
+    inputs are made from the patch as in :class:`GeneratedFaces`, rounded to ``quantize`` bits (16 default).
+
+    Args:
+        resolution: patch side (the generator's, 128).
+        count: patches used, in row-major order of a grid with step ``stride`` (``None``: all).
+        stride: step between patch corners in DEM pixels (``resolution``: no overlap).
+        factors: downscaling factors.
+        quantize: bits of the inputs (8, 16, or false).
+        degradation: as in :class:`GeneratedFaces` (``None``: the paper's bicubic).
+        path: an ``.npz`` with an ``elevation`` array (metres); default matplotlib's sample.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        count: int | None = 4,
+        stride: int | None = None,
+        factors: Sequence[int] = (4, 8),
+        quantize: bool | int = 16,
+        degradation: str | Callable[[int], nn.Module] | None = None,
+        path: str | Path | None = None,
+    ) -> None:
+        from pulse.generators.terrain import HEIGHT_RANGE, metres_to_unit
+
+        quantize_levels(torch.zeros(1), quantize)
+        if path is None:
+            try:
+                from matplotlib import cbook
+            except ImportError as error:
+                raise ImportError("data=dem reads matplotlib's sample DEM: pip install matplotlib") from error
+            archive = cbook.get_sample_data("jacksboro_fault_dem.npz")
+        else:
+            archive = np.load(Path(path).expanduser())
+        elevation = np.asarray(archive["elevation"], dtype=np.float64)
+        if elevation.ndim != 2 or min(elevation.shape) < resolution:
+            raise ValueError(f"the DEM is {elevation.shape}, smaller than one {resolution} px patch")
+        stride = stride or resolution
+        corners = [
+            (top, left)
+            for top in range(0, elevation.shape[0] - resolution + 1, stride)
+            for left in range(0, elevation.shape[1] - resolution + 1, stride)
+        ]
+        if count is not None:
+            if not 1 <= count <= len(corners):
+                raise ValueError(f"data.count={count}: the DEM holds {len(corners)} patches at stride {stride}")
+            corners = corners[:count]
+        self.corners = corners
+        self.relief_m: list[float] = []
+        patches = []
+        for top, left in corners:
+            patch = elevation[top : top + resolution, left : left + resolution]
+            relief = float(patch.max() - patch.min())
+            if relief <= 0:
+                raise ValueError(f"the DEM patch at ({top}, {left}) is flat")
+            self.relief_m.append(relief)
+            metres = torch.from_numpy((patch - patch.min()) / relief * HEIGHT_RANGE)
+            patches.append(metres_to_unit(metres).float()[None])
+        self.patches = torch.stack(patches)
+        self.factors = [int(f) for f in factors]
+        self.quantize = quantize
+        for factor in self.factors:
+            integer_factor(resolution, resolution // factor if factor > 0 else 0)
+        degradation_factory = operator_factory(degradation)
+        self.operators = {factor: degradation_factory(factor) for factor in self.factors}
+
+    def __iter__(self) -> Iterator[Problem]:
+        for factor in self.factors:
+            lr = quantize_levels(degrade(self.operators[factor], self.patches).clamp(0, 1), self.quantize)
+            for (top, left), low, high in zip(self.corners, lr, self.patches, strict=True):
+                yield Problem(f"dem{top:03d}_{left:03d}_x{factor}", low, high)
+
+    def __len__(self) -> int:
+        return len(self.corners) * len(self.factors)

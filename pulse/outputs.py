@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pulse.data import Problem, load_image, save_image
+from pulse.data import Problem, load_image, save_array, save_image
 from pulse.metrics.base import RunMetric
 from pulse.solvers.pulse import SearchResult
 
@@ -163,6 +163,9 @@ class ResultStore:
         out_dir: the run folder (created).
         rank, world_size: this process's place among the processes writing the folder.
         metrics: :class:`pulse.metrics.base.RunMetric` objects adding columns to each row.
+        save_formats: extra copies of each sample beside ``sr/<name>_<d>.png`` (always written, 8 bits):
+            ``png16`` (16-bit gray PNG, 1-channel generators), ``npy`` (float32 ``[C, R, R]`` on [0, 1]);
+            for data such as elevation that 256 levels would lose.
     """
 
     def __init__(
@@ -171,7 +174,12 @@ class ResultStore:
         rank: int = 0,
         world_size: int = 1,
         metrics: Sequence[RunMetric] = (),
+        save_formats: Sequence[str] = (),
     ) -> None:
+        unknown = sorted(set(save_formats) - set(SAVE_FORMATS))
+        if unknown:
+            raise ValueError(f"unknown save format(s) {', '.join(unknown)}; valid: {', '.join(SAVE_FORMATS)}")
+        self.save_formats = [f for f in save_formats if f != "png"]
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
@@ -239,6 +247,7 @@ class ResultStore:
             duplicate = int(result.duplicate_index[s])
             image = f"sr/{problem.name}_{duplicate}.png"
             save_image(result.hr[s], self.out_dir / image)
+            self._save_extra(result.hr[s], f"{problem.name}_{duplicate}")
             if result.frames is not None:
                 write_gif(result.frames[:, s], self.out_dir / "frames" / f"{problem.name}_{duplicate}.gif")
             error = float(result.downscale_error[s])
@@ -274,6 +283,16 @@ class ResultStore:
             write_text_atomic(self.notes_path, json.dumps(self._own_notes, indent=2))
         return rows
 
+    def _save_extra(self, image: torch.Tensor, stem: str) -> None:
+        """The copies of one sample ``[C, R, R]`` that ``save_formats`` ask for (``sr16/``, ``sr_npy/``)."""
+        for fmt in self.save_formats:
+            if fmt == "png16":
+                if image.shape[0] != 1:
+                    raise ValueError(f"save format png16 is for 1-channel images; these have {image.shape[0]}")
+                save_image(image, self.out_dir / "sr16" / f"{stem}.png", bits=16)
+            elif fmt == "npy":
+                save_array(image, self.out_dir / "sr_npy" / f"{stem}.npy")
+
     def merge(self, problems: Sequence[Problem]) -> list[dict[str, str]]:
         """Fold all rows into ``results.csv`` in input order and drop the per-rank files."""
         order = {p.name: i for i, p in enumerate(problems)}
@@ -304,7 +323,7 @@ class ResultStore:
             files = sorted(images_by_name.get(problem.name, []))
             if not files:
                 continue
-            samples = [load_image(self.out_dir / f) for f in files]
+            samples = [load_image(self.out_dir / f, 1 if problem.lr.shape[0] == 1 else 3) for f in files]
             size = samples[0].shape[-1]
             lr_up = F.interpolate(problem.lr[None], size=(size, size), mode="nearest")[0]
             grid_rows.append([lr_up, *samples] + ([problem.hr] if problem.hr is not None else []))
@@ -314,7 +333,7 @@ class ResultStore:
             return None
         width = max(len(r) for r in grid_rows)
         size = grid_rows[0][0].shape[-1]
-        canvas = torch.ones(3, size * len(grid_rows), size * width)
+        canvas = torch.ones(grid_rows[0][0].shape[0], size * len(grid_rows), size * width)
         for i, tiles in enumerate(grid_rows):
             for j, tile in enumerate(tiles):
                 if tile.shape[-1] != size:
@@ -323,6 +342,9 @@ class ResultStore:
         path = self.out_dir / "grid.png"
         save_image(canvas, path)
         return path
+
+
+SAVE_FORMATS = ("png", "png16", "npy")
 
 
 def _temporary(path: Path, suffix: str = "") -> Path:

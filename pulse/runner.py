@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pulse.autobatch import choose_batch_size, describe, solver_step_timer
 from pulse.data import Problem
+from pulse.generators.base import generator_domain
 from pulse.metrics import default_metrics
 from pulse.metrics.base import RunMetric
 from pulse.outputs import RESULT_FIELDS, ResultStore, RunSummary, name_key
@@ -167,15 +168,20 @@ class PulseModule(pl.LightningModule):
 class ResultWriter(BasePredictionWriter):
     """Writes images and rows as each batch finishes, and sends per-sample metrics to the loggers."""
 
-    def __init__(self, out_dir: str | Path, metrics: Sequence[RunMetric] = ()) -> None:
+    def __init__(
+        self, out_dir: str | Path, metrics: Sequence[RunMetric] = (), save_formats: Sequence[str] = ()
+    ) -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
         self.metrics = list(metrics)
+        self.save_formats = list(save_formats)
         self.store: ResultStore | None = None
         self.samples_logged = 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.store = ResultStore(self.out_dir, trainer.global_rank, trainer.world_size, self.metrics)
+        self.store = ResultStore(
+            self.out_dir, trainer.global_rank, trainer.world_size, self.metrics, save_formats=self.save_formats
+        )
         for metric in self.metrics:  # network metrics (LPIPS) run on this process's device, not the CPU
             if hasattr(metric, "device"):
                 metric.device = trainer.strategy.root_device
@@ -330,6 +336,7 @@ def run_search(
     frames_every: int = 0,
     skipped_inputs: Mapping[str, str] | None = None,
     auto_batch_limit: int = 64,
+    save_formats: Sequence[str] = (),
 ) -> RunSummary:
     """Solve every problem not yet finished in ``out_dir`` and write the run folder.
 
@@ -341,6 +348,7 @@ def run_search(
             the most inputs per second on the run's device and precision, probed with a few real steps at
             1, 2, 4, ... up to ``auto_batch_limit`` (:mod:`pulse.autobatch`; written to ``batch_size.json``).
         auto_batch_limit: the largest size ``batch_size="auto"`` tries.
+        save_formats: extra copies of each sample (``png16``, ``npy``; see :class:`pulse.outputs.ResultStore`).
         trainer: ``pl.Trainer`` arguments (``accelerator``, ``devices``, ``precision``, ``strategy``, ...).
         loggers: Lightning loggers (CSV, TensorBoard, W&B, ...).
         hparams: the resolved configuration, sent to the loggers.
@@ -356,14 +364,14 @@ def run_search(
     """
     out_dir = Path(out_dir)
     batch_size = check_batch_size(batch_size)
-    metrics = default_metrics() if metrics is None else list(metrics)
+    metrics = default_metrics(domain=generator_domain(solver.generator)) if metrics is None else list(metrics)
     problems, refused = split_solvable(solver, problems)
     if refused and not problems:
         raise ValueError(
             f"no input can be searched with this generator and downscale option: {next(iter(refused.values()))}"
         )
     skipped_inputs = {**(skipped_inputs or {}), **refused}
-    store = ResultStore(out_dir, metrics=metrics)
+    store = ResultStore(out_dir, metrics=metrics, save_formats=save_formats)
     pending = store.pending(problems, solver.settings.duplicates)
     if len(pending) < len(problems):
         log.info(
@@ -372,7 +380,7 @@ def run_search(
 
     options = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
     check_precision(options.get("precision", "32-true"))
-    writer = ResultWriter(out_dir, metrics)
+    writer = ResultWriter(out_dir, metrics, save_formats)
     pl_trainer = pl.Trainer(
         **options,
         logger=list(loggers) or False,

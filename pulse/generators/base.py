@@ -4,6 +4,16 @@ The solver optimises a latent ``z`` of shape ``[batch, num_latents, latent_dim]`
 (each ``[latent_dim]`` row keeps its norm) plus optional noise maps, and asks the generator for
 images. Any ``torch.nn.Module`` that provides the members below plugs into :mod:`pulse.solvers.pulse`;
 configs select one with ``_target_: my_pkg.MyGenerator``.
+
+What a generator makes is declared by three optional attributes, read with defaults (so a generator
+written before they existed keeps working, as an RGB face-agnostic one):
+
+- ``channels`` (default 3): image channels ``C``; 1 for heightmaps, X-ray, microscopy, ...
+- ``output_range`` (default ``(-1, 1)``): the ``(low, high)`` values of :meth:`Generator.synthesize`;
+  :func:`to_unit` maps them linearly to the [0, 1] images that downscale operators, losses, metrics and
+  saved files use (one function, so no module hard-codes ``(x + 1) / 2``).
+- ``domain`` (default ``"unknown"``): what the images show; ``"faces"`` turns on the face metrics
+  (identity, skin tone), any other text (``"terrain"``, ``"microscopy"``) leaves them null with a reason.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ class Generator(Protocol):
     """A frozen generator searched by PULSE.
 
     Attributes:
-        resolution: output image side length ``R`` (images are ``[batch, 3, R, R]``).
+        resolution: output image side length ``R`` (images are ``[batch, C, R, R]``).
         num_latents: number of latent rows searched per sample (18 style layers at 1024 px
             for StyleGAN, 1 for a plain DCGAN).
         latent_dim: size of one latent row (512 for StyleGAN, 100 for the DCGAN default).
@@ -48,7 +58,8 @@ class Generator(Protocol):
             noise: one tensor per entry of ``noise_shapes``, each ``[batch, *shape]``.
 
         Returns:
-            ``[batch, 3, resolution, resolution]`` with values in about ``[-1, 1]``.
+            ``[batch, C, resolution, resolution]`` with values in about ``output_range`` (default
+            ``[-1, 1]``; ``C`` is ``channels``, default 3).
         """
         ...
 
@@ -73,8 +84,38 @@ class LayeredGenerator(Generator, Protocol):
         ...
 
     def features_to_image(self, features: torch.Tensor) -> torch.Tensor:
-        """The last block's features -> ``[B, 3, R, R]`` in about [-1, 1]."""
+        """The last block's features -> ``[B, C, R, R]`` in about ``output_range``."""
         ...
+
+
+DEFAULT_CHANNELS = 3
+DEFAULT_OUTPUT_RANGE = (-1.0, 1.0)
+DEFAULT_DOMAIN = "unknown"
+FACES = "faces"
+
+
+def generator_channels(generator: object) -> int:
+    """The generator's image channels ``C`` (its ``channels`` attribute; 3 when it declares none)."""
+    return int(getattr(generator, "channels", DEFAULT_CHANNELS))
+
+
+def generator_output_range(generator: object) -> tuple[float, float]:
+    """``(low, high)`` of the generator's raw output (its ``output_range``; ``(-1, 1)`` when it declares none)."""
+    low, high = getattr(generator, "output_range", DEFAULT_OUTPUT_RANGE)
+    return float(low), float(high)
+
+
+def generator_domain(generator: object) -> str:
+    """What the generator's images show (its ``domain``; ``"unknown"`` when it declares none)."""
+    return str(getattr(generator, "domain", DEFAULT_DOMAIN))
+
+
+def to_unit(images: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:
+    """Raw generator output ``[B, C, R, R]`` on ``output_range`` -> the same on [0, 1] (linear, not clamped)."""
+    low, high = output_range
+    if (low, high) == (-1.0, 1.0):  # the common case, written as before so face results stay bit-identical
+        return (images + 1.0) / 2.0
+    return (images - low) / (high - low)
 
 
 def check_generator(generator: object) -> Generator:
@@ -88,6 +129,14 @@ def check_generator(generator: object) -> Generator:
         raise TypeError(
             f"{type(generator).__name__} is not a pulse Generator: missing {', '.join(missing)}. "
             "See pulse.generators.base.Generator for the contract."
+        )
+    channels = generator_channels(generator)
+    if channels < 1:
+        raise TypeError(f"{type(generator).__name__}.channels must be >= 1, got {channels}")
+    low, high = generator_output_range(generator)
+    if not high > low:
+        raise TypeError(
+            f"{type(generator).__name__}.output_range must be (low, high) with high > low, got {(low, high)}"
         )
     return generator  # type: ignore[return-value]
 
@@ -110,7 +159,7 @@ def module_device(module: object) -> torch.device:
 
 @torch.no_grad()
 def sample_images(generator: Generator, num: int, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
-    """Random images from a generator, ``[num, 3, R, R]`` in [0, 1] on the CPU.
+    """Random images from a generator, ``[num, C, R, R]`` in [0, 1] on the CPU (mapped by :func:`to_unit`).
 
     Latents (``[num, num_latents, latent_dim]``, one N(0, I) draw shared by all rows, as the mapping
     network would produce) and noise maps come from a CPU generator seeded with ``seed``, so the
@@ -125,4 +174,4 @@ def sample_images(generator: Generator, num: int, seed: int = 0, batch_size: int
         part = slice(start, start + batch_size)
         style = generator.to_style(latent[part].to(device))
         images.append(generator.synthesize(style, [n[part].to(device) for n in noise]).cpu())
-    return ((torch.cat(images) + 1) / 2).clamp(0, 1)
+    return to_unit(torch.cat(images), generator_output_range(generator)).clamp(0, 1)

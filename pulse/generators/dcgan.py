@@ -57,6 +57,9 @@ class DCGANGenerator(nn.Module):
 
     num_latents = 1
     noise_shapes: list[tuple[int, ...]] = []
+    channels = 3
+    output_range = (-1.0, 1.0)
+    domain = "faces"  # the shipped weights were trained on DigiFace-1M faces
 
     def __init__(self, latent_dim: int = 100, base_channels: int = 64, resolution: int = 64) -> None:
         super().__init__()

@@ -612,6 +612,7 @@ class FastStyleGANGenerator(nn.Module):
         self.noise_shapes: list[tuple[int, ...]] = list(generator.noise_shapes)
         self.default_bad_noise_layers = tuple(generator.default_bad_noise_layers)
         self.instance_norm_eps = generator.instance_norm_eps
+        self.channels, self.output_range, self.domain = generator.channels, generator.output_range, generator.domain
         self.channels_last_setting = channels_last
         self.channels_last = False
         self.register_buffer("mean", generator.mean.detach().clone())

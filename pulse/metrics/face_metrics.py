@@ -38,18 +38,25 @@ class FaceMetrics:
     """``id_dist_hr``, ``id_match_hr``, ``ita_sr``, ``ita_hr``, ``ita_shift``, ``id_diversity``, ``id_distinct``.
 
     Without the ``faces`` extra every column is null and one note says what to install; without ground
-    truth the ``*_hr`` columns are null; with one duplicate per input the duplicate columns are.
+    truth the ``*_hr`` columns are null; with one duplicate per input the duplicate columns are. For a
+    generator of another domain (terrain, microscopy, ...) every column is null and the note says so:
+    a face detector returns numbers on any image, and they would mean nothing.
 
     Args:
         threshold: identity distance at or below which two faces are the same person (dlib's 0.6).
+        domain: the generator's domain (:func:`pulse.generators.base.generator_domain`); only ``faces`` is measured.
     """
 
-    def __init__(self, threshold: float = SAME_PERSON) -> None:
+    def __init__(self, threshold: float = SAME_PERSON, domain: str = "faces") -> None:
         self.threshold = threshold
+        self.domain = domain
 
     def __call__(self, result: SolvedBatch, problems: Sequence[Problem]) -> MetricValues:
         samples = len(result.seeds)
         values = {name: torch.full((samples,), math.nan, dtype=torch.float64) for name in COLUMNS}
+        if self.domain != "faces":
+            reason = f"face metrics apply to face generators only; this generator's domain is {self.domain!r}"
+            return MetricValues(values=values, notes={_label(COLUMNS): reason})
         reason = unavailable_reason()
         if reason is not None:
             return MetricValues(values=values, notes={_label(COLUMNS): reason})

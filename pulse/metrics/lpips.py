@@ -369,6 +369,9 @@ def _weights_identity(net: str) -> tuple[str, int, int]:
 def lpips_distance(a: torch.Tensor, b: torch.Tensor, net: str = "alex") -> torch.Tensor:
     """Per-sample LPIPS distance ``[B]`` between images ``a``, ``b`` of shape ``[B, 3, H, W]`` in [0, 1].
 
+    One-channel images ``[B, 1, H, W]`` are replicated to three equal channels (a gray RGB image), the
+    input the ImageNet backbone saw for gray photos; no luminance weighting is involved.
+
     Differentiable with respect to the images (the network itself is frozen); wrap in
     ``torch.no_grad()`` when only the value is needed. The model is cached per network and device.
 
@@ -377,6 +380,8 @@ def lpips_distance(a: torch.Tensor, b: torch.Tensor, net: str = "alex") -> torch
         ValueError: shapes differ, are not ``[B, 3, H, W]``, or are smaller than the network accepts.
     """
     spec = _backbone(net)
+    if a.dim() == 4 and a.shape[1] == 1 and b.shape == a.shape:  # one channel: replicated to gray RGB
+        a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
     _check_pair(a, b, spec)
     model = _cached_model(spec.net, str(a.device), _weights_identity(spec.net))
     # lpips expects [-1, 1]; its ScalingLayer then applies the ImageNet-style shift/scale.

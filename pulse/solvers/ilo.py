@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pulse.generators.base import LayeredGenerator
+from pulse.generators.base import LayeredGenerator, generator_channels, generator_output_range, to_unit
 from pulse.solvers.pulse import (
     BestTracker,
     PulseSolver,
@@ -164,7 +164,16 @@ class ILOSolver:
         if latent.shape[1] == 1 and generator.num_latents > 1:  # tiled search: untie the rows now
             latent = latent.expand(-1, generator.num_latents, -1).clone()
         noise = [n.to(device) for n in first.noise]
-        tracker = BestTracker(len(first.seeds), generator.resolution, latent, noise, self.settings.eps, device)
+        tracker = BestTracker(
+            len(first.seeds),
+            generator.resolution,
+            latent,
+            noise,
+            self.settings.eps,
+            device,
+            generator_channels(generator),
+        )
+        output_range = generator_output_range(generator)
         tracker.resume_from(first)
         frames = list(first.frames.unbind(0)) if first.frames is not None else []  # [S, 3, f, f] each
 
@@ -189,7 +198,7 @@ class ILOSolver:
                 rows = latent if later_rows is None else torch.cat([latent[:, : tail.start], later_rows], dim=1)
                 style = generator.to_style(rows)
                 deep = generator.forward_blocks(features + delta, style, noise, block, generator.num_blocks)
-                hr = (generator.features_to_image(deep) + 1.0) / 2.0
+                hr = to_unit(generator.features_to_image(deep), output_range)
                 hr, lr_gen, total, terms = measure_fp32(downscale, self.loss, hr, reference, style, eps, groups)
                 if frames_every and step % frames_every == 0:
                     frames.append(_thumbnail(hr.detach(), frame_size).cpu())

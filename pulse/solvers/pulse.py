@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from pulse.downscale import BicubicDownscale, integer_factor
-from pulse.generators.base import Generator, check_generator, module_device
+from pulse.generators.base import (
+    Generator,
+    check_generator,
+    generator_channels,
+    generator_output_range,
+    module_device,
+    to_unit,
+)
 from pulse.losses import LossInputs, PulseLoss
 from pulse.optim import SphericalOptimizer, schedule
 
@@ -211,13 +218,14 @@ class BestTracker:
         noise: Sequence[torch.Tensor],
         eps: float,
         device: torch.device,
+        channels: int = 3,
     ) -> None:
         self.eps = eps
         self.best_loss = torch.full((samples,), math.inf, device=device)
         self.best_step = torch.full((samples,), -1, dtype=torch.long, device=device)
         self.first_at_eps = torch.full((samples,), -1, dtype=torch.long, device=device)
         self.stopped_at = torch.full((samples,), -1, dtype=torch.long, device=device)
-        self.best_hr = torch.zeros(samples, 3, resolution, resolution, device=device)
+        self.best_hr = torch.zeros(samples, channels, resolution, resolution, device=device)
         self.best_terms: dict[str, torch.Tensor] = {}
         self.best_latent = latent.detach().clone()
         self.best_noise = [n.detach().clone() for n in noise]
@@ -430,8 +438,12 @@ class PulseSolver:
         return cls(generator, loss, optimizer, downscale, SearchSettings(**settings))
 
     def _check_inputs(self, lr_images: torch.Tensor) -> int:
-        if lr_images.ndim != 4 or lr_images.shape[1] != 3:
-            raise ValueError(f"expected low-resolution images [N, 3, h, w], got shape {tuple(lr_images.shape)}")
+        channels = generator_channels(self.generator)
+        if lr_images.ndim != 4 or lr_images.shape[1] != channels:
+            raise ValueError(
+                f"expected low-resolution images [N, {channels}, h, w] (the generator makes {channels}-channel "
+                f"images), got shape {tuple(lr_images.shape)}"
+            )
         height, width = lr_images.shape[-2:]
         if height != width:
             raise ValueError(
@@ -453,13 +465,14 @@ class PulseSolver:
         if height != width:
             raise ValueError(f"non-square input {width}x{height}: the generator makes square images")
         resolution = self.generator.resolution
+        channels = generator_channels(self.generator)
         factor = integer_factor(resolution, height)
         try:
             with torch.no_grad():
-                lr = self.downscale(factor)(torch.zeros(1, 3, resolution, resolution))
+                lr = self.downscale(factor)(torch.zeros(1, channels, resolution, resolution))
         except (ValueError, RuntimeError, NotImplementedError) as error:
             raise ValueError(f"the downscale option cannot reduce {resolution} px by {factor}: {error}") from None
-        if tuple(lr.shape) != (1, 3, height, width):
+        if tuple(lr.shape) != (1, channels, height, width):
             raise ValueError(
                 f"the downscale option maps {resolution} px to {list(lr.shape)}, not to the input's {height}x{width}"
             )
@@ -532,7 +545,8 @@ class PulseSolver:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(s.schedule, s.steps))
         eps = getattr(self.loss, "eps", s.eps)
 
-        tracker = BestTracker(samples, gen.resolution, latent, noise, s.eps, device)
+        tracker = BestTracker(samples, gen.resolution, latent, noise, s.eps, device, generator_channels(gen))
+        output_range = generator_output_range(gen)
         plateau = (
             PlateauStop(samples, s.early_stop_patience, s.early_stop_rtol, device) if s.early_stop_patience else None
         )
@@ -545,7 +559,7 @@ class PulseSolver:
             optimizer.zero_grad(set_to_none=True)
             rows = latent.expand(-1, gen.num_latents, -1) if s.tile_latent else latent
             style = gen.to_style(rows)
-            hr = (gen.synthesize(style, noise) + 1.0) / 2.0
+            hr = to_unit(gen.synthesize(style, noise), output_range)
             hr, lr_gen, total, terms = measure_fp32(downscale, self.loss, hr, reference, style, eps, groups)
             if frames_every and step % frames_every == 0:
                 frames.append(_thumbnail(hr.detach(), frame_size).cpu())
