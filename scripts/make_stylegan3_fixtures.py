@@ -21,6 +21,9 @@ radial jinc downsampling filters, a small ``conv_clamp`` so clamping happens) it
 4. renders with NVIDIA's code: ``ws = G_ema.mapping(z, None)`` and ``G_ema.synthesis(ws)`` for seeded
    ``z``, plus random per-row ``ws`` (so every row matters), and stores them with the designed (pre-noise)
    filters in ``<name>_render.pt`` (plain tensors).
+
+It also writes ``stylegan3_t16_conditional.pkl`` (a tiny class-conditional T network, ``c_dim=4``, not
+rendered), which pulse must refuse.
 """
 
 from __future__ import annotations
@@ -149,6 +152,15 @@ def make(nvidia: types.SimpleNamespace, name: str, out: Path, seed: int) -> None
     print(f"{name}: {resolution} px, num_ws {generator.num_ws}, image range [{images.min():.3f}, {images.max():.3f}]")
 
 
+def make_conditional(nvidia: types.SimpleNamespace, out: Path) -> None:
+    torch.manual_seed(99)
+    generator = nvidia.sg3.Generator(
+        z_dim=8, c_dim=4, w_dim=8, img_resolution=16, img_channels=3, channel_base=64, channel_max=4
+    ).eval()
+    with open(out / "stylegan3_t16_conditional.pkl", "wb") as handle:
+        pickle.dump(dict(G_ema=generator.requires_grad_(False)), handle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stylegan3", type=Path, required=True, help="extracted NVlabs/stylegan3 checkout")
@@ -158,6 +170,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(CONFIGS):
         make(nvidia, name, args.out, seed)
+    make_conditional(nvidia, args.out)
 
 
 if __name__ == "__main__":

@@ -631,7 +631,8 @@ def network_from_tensors(
     try:
         network.load_state_dict(tensors)
     except RuntimeError as error:
-        raise RuntimeError(f"{source} does not match the StyleGAN3 layout: {str(error)[:400]}") from None
+        reason = " ".join(str(error).split())  # torch's message spans lines; keep one
+        raise RuntimeError(f"{source} does not match the StyleGAN3 layout: {reason[:400]}") from None
     return network
 
 
