@@ -323,3 +323,21 @@ def test_command_line_search_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pulse: 1 samples, success" in proc.stdout
     assert (out / "results.csv").is_file() and (out / "sr").is_dir()
+
+
+def test_benchmark_script_times_stylegan3(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    path = tmp_path / "bench.json"
+    script.main(
+        ["--generator", "stylegan3", "--stylegan3-config", "R", "--quick", "--no-allocator-tuning", "--json", str(path)]
+    )
+    report = json.loads(path.read_text())
+    assert report["resolution"] == 32 and report["generator"].startswith("stylegan3")
+    for row in report["results"]:
+        assert row["eager"]["s_per_step"] > 0
+        assert row["fast"] is None and "StyleGAN only" in row["fast_unavailable"]
