@@ -264,12 +264,10 @@ def upsample_filter(
 ) -> torch.Tensor:
     """Zero-insertion upsampling by ``up``, padding ``(x0, x1, y0, y1)``, *convolution* with ``filt`` (gain ``up**2``).
 
-    The result is also multiplied by ``gain``.
-
     ``[B, C, H, W] -> [B, C, H*up + y0 + y1 - K + 1, W*up + x0 + x1 - K + 1]`` (``K`` taps; NVIDIA's
-    ``upfirdn2d`` semantics). Computed as a strided depthwise transposed convolution (the full convolution of
-    the zero-inserted signal, without multiplying the inserted zeros) followed by a crop: output sample ``m``
-    is full-convolution sample ``m + K - 1 - pad_before``.
+    ``upfirdn2d`` semantics), times ``gain``. Computed as a strided depthwise transposed convolution (the full
+    convolution of the zero-inserted signal, without multiplying the inserted zeros) followed by a crop: output
+    sample ``m`` is full-convolution sample ``m + K - 1 - pad_before``.
     """
     x0, x1, y0, y1 = padding
     channels, height, width = x.shape[1:]
