@@ -23,7 +23,9 @@ radial jinc downsampling filters, a small ``conv_clamp`` so clamping happens) it
    filters in ``<name>_render.pt`` (plain tensors).
 
 It also writes ``stylegan3_t16_conditional.pkl`` (a tiny class-conditional T network, ``c_dim=4``, not
-rendered), which pulse must refuse.
+rendered), which pulse must refuse, and ``stylegan3_designs.pt``: the layer hyperparameters and filters NVIDIA's
+``SynthesisNetwork`` designs for configs T and R at 256, 512 and 1024 px (NVIDIA's released sizes; built with
+NVIDIA's channel counts, only the design is kept), for checking pulse's own design without weights.
 """
 
 from __future__ import annotations
@@ -161,6 +163,37 @@ def make_conditional(nvidia: types.SimpleNamespace, out: Path) -> None:
         pickle.dump(dict(G_ema=generator.requires_grad_(False)), handle)
 
 
+def make_designs(nvidia: types.SimpleNamespace, out: Path) -> None:
+    designs = {}
+    for config, kwargs in (("T", dict(conv_kernel=3)), ("R", dict(conv_kernel=1, use_radial_filters=True))):
+        base, cap = (32768, 512) if config == "T" else (65536, 1024)
+        for resolution in (256, 512, 1024):
+            torch.manual_seed(0)
+            synthesis = nvidia.sg3.SynthesisNetwork(
+                w_dim=8, img_resolution=resolution, img_channels=3, channel_base=base, channel_max=cap, **kwargs
+            )
+            layers = {}
+            for name in synthesis.layer_names:
+                layer = getattr(synthesis, name)
+                layers[name] = {
+                    "in_channels": layer.in_channels,
+                    "padding": list(layer.padding),
+                    "up": layer.up_factor,
+                    "down": layer.down_factor,
+                    "in_size": int(layer.in_size[0]),
+                    "conv_kernel": layer.conv_kernel,
+                    "up_filter": layer.up_filter,
+                    "down_filter": layer.down_filter,
+                }
+            inp = synthesis.input
+            designs[f"{config}{resolution}"] = {
+                "layers": layers,
+                "input": [inp.channels, int(inp.size[0]), float(inp.sampling_rate), float(inp.bandwidth)],
+            }
+            del synthesis
+    torch.save(designs, out / "stylegan3_designs.pt")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stylegan3", type=Path, required=True, help="extracted NVlabs/stylegan3 checkout")
@@ -171,6 +204,7 @@ def main() -> None:
     for seed, name in enumerate(CONFIGS):
         make(nvidia, name, args.out, seed)
     make_conditional(nvidia, args.out)
+    make_designs(nvidia, args.out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from pulse.data import GeneratedFaces
 from pulse.generators.base import LayeredGenerator, check_generator
 from pulse.generators.stylegan2 import StyleGAN2Generator, nvidia_allowed_globals, upfirdn2d
+from pulse.generators.stylegan3 import CONFIGS as CONFIGS_BY_NAME
 from pulse.generators.stylegan3 import (
     StyleGAN3Generator,
     design_lowpass_filter,
@@ -103,6 +104,29 @@ def test_architecture_and_filters_designed_like_nvidia(name):
         torch.testing.assert_close(ours, value, rtol=0, atol=1e-7)
     radial = [k for k, v in reference.items() if v.dim() == 2]
     assert bool(radial) == FIXTURE_DESIGNS[name]["radial"]
+
+
+@pytest.mark.parametrize("config", ["T", "R"])
+@pytest.mark.parametrize("resolution", [256, 512, 1024])
+def test_design_matches_nvidia_at_released_sizes(config, resolution):
+    """Layer names, sizes, factors, padding and filters as NVIDIA designs them for its released networks."""
+    reference = torch.load(FIXTURES / "stylegan3_designs.pt", weights_only=True)[f"{config}{resolution}"]
+    options = dict(CONFIGS_BY_NAME[config])
+    spec = design_synthesis(resolution, w_dim=8, **options)
+    assert [layer.name for layer in spec.layers] == list(reference["layers"])
+    assert [spec.input.channels, spec.input.size, spec.input.sampling_rate, spec.input.bandwidth] == reference["input"]
+    for layer in spec.layers:
+        expected = reference["layers"][layer.name]
+        ours = (layer.in_channels, list(layer.padding), layer.up, layer.down, layer.in_size, layer.conv_kernel)
+        keys = ("in_channels", "padding", "up", "down", "in_size", "conv_kernel")
+        assert ours == tuple(expected[k] for k in keys), layer.name
+        for mine, theirs in zip(
+            spec.filters[layer.name], (expected["up_filter"], expected["down_filter"]), strict=True
+        ):
+            assert (mine is None) == (theirs is None), layer.name
+            if mine is not None:
+                assert mine.shape == theirs.shape
+                torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-7)
 
 
 def test_lowpass_filter_properties():
