@@ -183,6 +183,24 @@ def test_filtered_lrelu_matches_the_reference_sequence(up, down, padding, radial
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("clamp", [None, 0.7])
+def test_filtered_lrelu_gradients(clamp):
+    """Gradients (our activation keeps only its output for backward) against finite differences, in float64."""
+    rng = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 8, 8, generator=rng, dtype=torch.float64, requires_grad=True)
+    fu, fd = torch.randn(4, generator=rng, dtype=torch.float64), torch.randn(6, 6, generator=rng, dtype=torch.float64)
+    bias = torch.zeros(2, dtype=torch.float64)
+
+    def run(v):
+        return filtered_lrelu(v, fu, fd, bias, 2, 2, (3, 2, 3, 2), math.sqrt(2), 0.2, clamp)
+
+    assert torch.autograd.gradcheck(run, (x,))
+    if clamp is not None:
+        assert (run(x).abs() > 0).any() and (
+            filtered_lrelu(x, fu, None, bias, 2, 1, (3, 2, 3, 2), 1.5, 0.2, clamp) == clamp
+        ).any()
+
+
 def test_filtered_lrelu_asymmetric_padding_shifts_only_its_axis():
     x = torch.randn(1, 1, 10, 10)
     f = torch.tensor([0.25, 0.5, 0.25])

@@ -302,6 +302,31 @@ def downsample_filter(x: torch.Tensor, filt: torch.Tensor | None, down: int) -> 
     return F.conv2d(x, _depthwise(filt, channels, "h"), stride=(down, 1), groups=channels)
 
 
+class _LeakyReluClamp(torch.autograd.Function):
+    """``clamp(leaky_relu(x, slope), -clamp, clamp)`` keeping one tensor for backward (autograd would keep two).
+
+    The layers' largest tensors live at twice the sampling rate; the gradient is rebuilt from the output alone
+    (``y > 0``: 1, else ``slope``; 0 where the clamp saturated), so their activations cost one saved copy.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, slope: float, clamp: float | None) -> torch.Tensor:
+        y = F.leaky_relu(x, slope)
+        if clamp is not None:
+            y = y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.slope, ctx.clamp = slope, clamp
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (y,) = ctx.saved_tensors
+        scale = torch.where(y > 0, 1.0, ctx.slope).to(grad.dtype)
+        if ctx.clamp is not None:
+            scale = scale.masked_fill(y.abs() >= ctx.clamp, 0.0)
+        return grad * scale, None, None
+
+
 def filtered_lrelu(
     x: torch.Tensor,
     up_filter: torch.Tensor | None,
@@ -323,8 +348,9 @@ def filtered_lrelu(
     x = x + bias.to(x).view(1, -1, 1, 1)
     # leaky_relu(gain * v) == gain * leaky_relu(v) for gain > 0: the filter applies the gain (one pass fewer).
     x = upsample_filter(x, up_filter, up, padding, gain)
-    x = F.leaky_relu(x, slope) if slope != 1 else x
-    if clamp is not None:
+    if slope != 1:
+        x = _LeakyReluClamp.apply(x, slope, clamp)
+    elif clamp is not None:
         x = x.clamp(-clamp, clamp)
     return downsample_filter(x, down_filter, down)
 
