@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Seconds per PULSE step, faithful eager generator against the fast path, in one run.
 
-    python scripts/benchmark.py [--generator stylegan|dcgan] [--resolution 1024] [--batch 1,4,8]
+    python scripts/benchmark.py [--generator stylegan|dcgan|stylegan3] [--resolution 1024] [--batch 1,4,8]
                                 [--steps 3] [--warmup 1] [--device cpu|cuda] [--compile]
                                 [--channels-last auto|on|off] [--pretrained] [--json PATH] [--quick]
 
@@ -10,6 +10,8 @@ of steps/s, and how far the fast path's results are from the eager ones. StyleGA
 weights at full size (``StyleGANGenerator.synthetic``, FFHQ feature maps) unless ``--pretrained``
 reads the official weights from the cache. ``--quick`` is a seconds-long correctness run (32 px,
 narrow feature maps, one timed step). The logic lives in :mod:`pulse.benchmark`.
+``--generator stylegan3`` times the plain-torch StyleGAN3 (``--stylegan3-config T|R``, NVIDIA's channel counts,
+seeded random weights; eager only, there is no fast path for it).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def _batches(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", choices=["stylegan", "dcgan"], default="stylegan")
+    parser.add_argument("--generator", choices=["stylegan", "dcgan", "stylegan3"], default="stylegan")
+    parser.add_argument("--stylegan3-config", choices=["T", "R"], default="T", help="StyleGAN3 config (T or R)")
     parser.add_argument("--resolution", type=int, default=1024, help="StyleGAN output side (power of two)")
     parser.add_argument("--fmap-base", type=int, default=8192, help="StyleGAN feature maps (FFHQ: 8192)")
     parser.add_argument("--fmap-max", type=int, default=512, help="StyleGAN feature-map cap (FFHQ: 512)")
@@ -108,6 +111,16 @@ def build(args: argparse.Namespace):
         from pulse.generators.dcgan import DCGANGenerator
 
         return DCGANGenerator.pretrained(), None, FAST_ONLY_STYLEGAN
+    if args.generator == "stylegan3":
+        from pulse.generators.stylegan3 import StyleGAN3Generator
+
+        if args.pretrained:
+            return StyleGAN3Generator.pretrained(), None, FAST_ONLY_STYLEGAN
+        narrow = {"channel_base": 256, "channel_max": 32} if args.quick else {}
+        eager = StyleGAN3Generator.synthetic(
+            resolution=args.resolution, config=args.stylegan3_config, fit_samples=500 if args.quick else 20000, **narrow
+        )
+        return eager, None, FAST_ONLY_STYLEGAN
     from pulse.generators.fast import accelerate
     from pulse.generators.stylegan import StyleGANGenerator
 

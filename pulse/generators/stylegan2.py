@@ -691,6 +691,7 @@ def nvidia_to_rosinality(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
         raise RuntimeError(
             f"unsupported tensors in the NVIDIA pickle (only unconditional config-f 'skip' generators are "
             f"supported): {', '.join(sorted(unknown)[:6])}{' ...' if len(unknown) > 6 else ''}"
+            + ("; a StyleGAN3 network: use generator=stylegan3" if any(".L0_" in n for n in unknown) else "")
         )
     _refuse_orig_architecture(tensors)
     return out
