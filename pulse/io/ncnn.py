@@ -237,7 +237,9 @@ def rrdbnet_state_dict(layers: list[NcnnLayer], weights: Mapping[str, Mapping[st
             if int(layer.params.get(0, 1)) != 1 or not (
                 isinstance(coefficients, list) and np.allclose(coefficients, [0.2, 1.0])
             ):
-                raise NcnnError(f"layer {layer.name}: an RRDBNet residual is 0.2 x branch + skip, the file has {layer.params}")
+                raise NcnnError(
+                    f"layer {layer.name}: an RRDBNet residual is 0.2 x branch + skip, the file has {layer.params}"
+                )
     upsamples = len(interps)
     blocks, remainder = divmod(len(convolutions) - 4 - upsamples, 15)
     if remainder or blocks < 1 or not convolutions:
@@ -257,7 +259,9 @@ def rrdbnet_state_dict(layers: list[NcnnLayer], weights: Mapping[str, Mapping[st
     expected += [(features, features, True)] * (upsamples + 1)
     expected.append((out_channels, features, False))
     state: dict[str, torch.Tensor] = {}
-    for name, layer, (out_c, in_c, leaky) in zip(_rrdbnet_names(blocks, upsamples), convolutions, expected):
+    for name, layer, (out_c, in_c, leaky) in zip(
+        _rrdbnet_names(blocks, upsamples), convolutions, expected, strict=True
+    ):
         tensors = weights[layer.name]
         _check_convolution(layer, tensors["weight"], out_c, in_c, leaky)
         if "bias" not in tensors:
