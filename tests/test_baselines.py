@@ -353,3 +353,10 @@ def test_upscale_to_scale_one_and_padding_paths():
     assert seen == [(2, 3, 8, 8), (2, 3, 12, 12)]
     assert torch.equal(out, F.interpolate(lr, scale_factor=4, mode="nearest"))
     assert torch.allclose(upscale_to(None, 1, lr, 24), up)
+
+
+def test_baseline_solvers_pickle_for_spawned_workers(tmp_path):
+    for name in ("bicubic", "realesrgan", "restorer"):
+        _, solver = cli.build_solver(make_cfg(f"solver={name}", f"out_dir={tmp_path}"))
+        clone = pickle.loads(pickle.dumps(solver))
+        assert clone.settings.eps == solver.settings.eps and clone.generator.resolution == 64

@@ -24,6 +24,7 @@ import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,22 @@ def load_restorer(path: str | os.PathLike[str]) -> tuple[nn.Module, int, int]:
     return descriptor.model, int(descriptor.scale), multiple
 
 
+# Loaders are module-level functions bound with functools.partial, not closures, so a solver can be pickled
+# (Lightning's ddp_spawn sends it to its worker processes).
+
+
+def _load_realesrgan(weights: str | None) -> tuple[nn.Module, int, int]:
+    from pulse.io.realesrgan import realesrgan_weights
+
+    return load_restorer(weights if weights else realesrgan_weights())
+
+
+def _load_user_restorer(path: str | None) -> tuple[nn.Module, int, int]:
+    if not path:
+        raise RestorerRefused("solver=restorer needs the weights file: add solver.path=/path/to/model.pth")
+    return load_restorer(path)
+
+
 def _build(
     loader: Callable[[], tuple[nn.Module, int, int]] | None,
     generator: Any,
@@ -342,12 +359,7 @@ def realesrgan(
     schedule: Any = None,
 ) -> FeedForwardSolver:
     """Real-ESRGAN x4plus (RRDBNet) from ``weights`` (default: what ``pulse-fetch realesrgan`` cached)."""
-    from pulse.io.realesrgan import realesrgan_weights
-
-    def loader() -> tuple[nn.Module, int, int]:
-        return load_restorer(weights if weights else realesrgan_weights())
-
-    return _build(loader, generator, downscale, eps, seed, "realesrgan")
+    return _build(partial(_load_realesrgan, weights), generator, downscale, eps, seed, "realesrgan")
 
 
 def restorer(
@@ -362,10 +374,5 @@ def restorer(
     schedule: Any = None,
 ) -> FeedForwardSolver:
     """Any spandrel-supported network a user brings (``solver.path=model.pth``); see :func:`load_restorer`."""
-
-    def loader() -> tuple[nn.Module, int, int]:
-        if not path:
-            raise RestorerRefused("solver=restorer needs the weights file: add solver.path=/path/to/model.pth")
-        return load_restorer(path)
-
-    return _build(loader, generator, downscale, eps, seed, f"restorer {Path(path).name if path else '(no path)'}")
+    name = f"restorer {Path(path).name if path else '(no path)'}"
+    return _build(partial(_load_user_restorer, path), generator, downscale, eps, seed, name)
