@@ -17,7 +17,7 @@ import run as cli
 from pulse.downscale import BicubicDownscale
 from pulse.io.cache import cache_dir
 from pulse.io.ncnn import NcnnError, convert_rrdbnet, parse_param, read_convolution_weights, rrdbnet_state_dict
-from pulse.solvers.baselines import RestorerRefused, load_restorer, upscale_to
+from pulse.solvers.baselines import BaselineSettings, RestorerRefused, load_restorer, upscale_to
 from tests.ncnn_writer import rrdbnet_random_state, write_rrdbnet_ncnn
 from tests.test_cli import make_cfg
 
@@ -135,7 +135,7 @@ def test_real_esrgan_matches_ncnn():
         pytest.skip(str(error))
     image = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
     reference = run_ncnn(param, weights, image)
-    model, scale, _ = load_restorer(converted)
+    model, scale, _, _ = load_restorer(converted)
     with torch.no_grad():
         output = model(torch.from_numpy(image)[None])[0]
     difference = (output - reference).abs().max().item()
@@ -360,3 +360,14 @@ def test_baseline_solvers_pickle_for_spawned_workers(tmp_path):
         _, solver = cli.build_solver(make_cfg(f"solver={name}", f"out_dir={tmp_path}"))
         clone = pickle.loads(pickle.dumps(solver))
         assert clone.settings.eps == solver.settings.eps and clone.generator.resolution == 64
+
+
+def test_a_network_too_small_for_the_inputs_is_refused_before_the_run(tmp_path):
+    from pulse.solvers.baselines import FeedForwardSolver, UpscalerNet
+
+    def loader():  # a GFPGAN-like restorer: scale 1, inputs of at least 512 px
+        return torch.nn.Identity(), 1, 1, 512
+
+    solver = FeedForwardSolver(UpscalerNet(loader, 64), BicubicDownscale, BaselineSettings(), "facenet")
+    with pytest.raises(ValueError, match="facenet takes inputs of at least 512 px, it would get 64 px"):
+        solver.check_input_size(16, 16)

@@ -113,22 +113,23 @@ def _run_padded(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 class UpscalerNet(nn.Module):
     """The module a baseline places on the run's device: an optional network plus an anchor buffer.
 
-    ``loader`` (called once, at first use) returns ``(network, scale, multiple_of)``; the anchor, a zero-size
+    ``loader`` (called once, at first use) returns ``(network, scale, multiple_of, minimum)`` (``minimum``: the
+    smallest input side the network takes, e.g. 512 for GFPGAN); the anchor, a zero-size
     buffer, lets the solver know where Lightning put the module before the network exists.
     """
 
-    def __init__(self, loader: Callable[[], tuple[nn.Module, int, int]] | None, resolution: int) -> None:
+    def __init__(self, loader: Callable[[], tuple[nn.Module, int, int, int]] | None, resolution: int) -> None:
         super().__init__()
         self.resolution = resolution
         self.loader = loader
         self.network: nn.Module | None = None
-        self.scale, self.multiple = 1, 1
+        self.scale, self.multiple, self.minimum = 1, 1, 1
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
     def load(self) -> None:
         """Build the network (once) on the anchor's device."""
         if self.loader is not None and self.network is None:
-            network, self.scale, self.multiple = self.loader()
+            network, self.scale, self.multiple, self.minimum = self.loader()
             self.network = network.eval().requires_grad_(False).to(self.anchor.device)
 
     @torch.no_grad()
@@ -175,6 +176,12 @@ class FeedForwardSolver:
         resolution = self.generator.resolution
         factor = integer_factor(resolution, height)
         self.generator.load()
+        first_input = resolution if self.generator.scale == 1 else height  # a scale-1 network sees the output size
+        if self.generator.network is not None and first_input < self.generator.minimum:
+            raise ValueError(
+                f"{self.name} takes inputs of at least {self.generator.minimum} px, it would get {first_input} px "
+                f"(outputs are {resolution} px): use a generator with larger outputs"
+            )
         try:
             with torch.no_grad():
                 lr = self.downscale(factor)(torch.zeros(1, 3, resolution, resolution))
@@ -268,8 +275,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_restorer(path: str | os.PathLike[str]) -> tuple[nn.Module, int, int]:
-    """A spandrel-supported image-to-image network from a weights file: ``(model, scale, multiple_of)``.
+def load_restorer(path: str | os.PathLike[str]) -> tuple[nn.Module, int, int, int]:
+    """A spandrel-supported image-to-image network from a weights file: ``(model, scale, multiple_of, minimum)``.
 
     Raises:
         RestorerRefused: the file is missing, has pickled code, or is not an architecture spandrel recognises;
@@ -296,28 +303,29 @@ def load_restorer(path: str | os.PathLike[str]) -> tuple[nn.Module, int, int]:
             f"refused {path.name}: {descriptor.architecture.name} maps {descriptor.input_channels} to "
             f"{descriptor.output_channels} channels; pulse runs RGB -> RGB"
         )
-    multiple = max(1, int(descriptor.size_requirements.multiple_of))
-    return descriptor.model, int(descriptor.scale), multiple
+    requirements = descriptor.size_requirements
+    multiple, minimum = max(1, int(requirements.multiple_of)), max(1, int(requirements.minimum))
+    return descriptor.model, int(descriptor.scale), multiple, minimum
 
 
 # Loaders are module-level functions bound with functools.partial, not closures, so a solver can be pickled
 # (Lightning's ddp_spawn sends it to its worker processes).
 
 
-def _load_realesrgan(weights: str | None) -> tuple[nn.Module, int, int]:
+def _load_realesrgan(weights: str | None) -> tuple[nn.Module, int, int, int]:
     from pulse.io.realesrgan import realesrgan_weights
 
     return load_restorer(weights if weights else realesrgan_weights())
 
 
-def _load_user_restorer(path: str | None) -> tuple[nn.Module, int, int]:
+def _load_user_restorer(path: str | None) -> tuple[nn.Module, int, int, int]:
     if not path:
         raise RestorerRefused("solver=restorer needs the weights file: add solver.path=/path/to/model.pth")
     return load_restorer(path)
 
 
 def _build(
-    loader: Callable[[], tuple[nn.Module, int, int]] | None,
+    loader: Callable[[], tuple[nn.Module, int, int, int]] | None,
     generator: Any,
     downscale: Callable[[int], nn.Module],
     eps: float,
