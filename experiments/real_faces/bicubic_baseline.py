@@ -5,6 +5,8 @@
 
 Same problems as the sweep: the first 64 CelebA photos and 64 generated faces (data seed 1234), bicubic inputs at
 x4 and x8 rounded to 8 bits. Prints mean ± std (over faces) of psnr_hr, ssim_hr, lpips_hr per data source and factor.
+`python run.py solver=bicubic ...` now computes the same rows through the runner (same psnr_hr/ssim_hr/lpips_hr on
+the CelebA faces, plus downscale consistency, identity and ITA; see README.md); this script is kept as the check.
 """
 
 import sys

