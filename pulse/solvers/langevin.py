@@ -80,7 +80,7 @@ class LangevinSettings:
 
     samples: int = 8
     chains: int | None = None
-    sigma: float = 0.03
+    sigma: float = 0.045
     mala: bool = False
     step_size: float = 1e-3
     step_schedule: str = "adapt"
