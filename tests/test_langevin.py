@@ -167,3 +167,92 @@ def test_settings_refuse_bad_values():
         LangevinSettings(samples=8, chains=3)
     with pytest.raises(ValueError, match="step_schedule"):
         LangevinSettings(step_schedule="cosine")
+
+
+def test_run_writes_draws_mean_std_and_diagnostics(tmp_path, dcgan):
+    """Through the runner: one row per draw, the mean and std maps, the grid, coverage and chain diagnostics."""
+    from pulse.data import GeneratedFaces, load_image
+    from pulse.outputs import read_rows
+    from pulse.runner import run_search
+
+    problems = list(GeneratedFaces(dcgan, num=1, factors=[8]))
+    settings = LangevinSettings(samples=4, chains=2, mala=True, burn_in=3, thin=3, seed=0)
+    solver = LangevinSolver(dcgan, settings=settings)
+    summary = run_search(solver, problems, tmp_path, progress=False)
+    rows = read_rows(tmp_path / "results.csv")
+    assert [r["duplicate"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["best_step"] for r in rows] == ["5", "5", "8", "8"]  # draws after 3 + 3 and 3 + 6 steps
+    for column in ("coverage_90", "coverage_nominal", "mean_psnr_hr", "acceptance", "rhat", "ess", "loss_likelihood"):
+        assert rows[0][column] != "", column
+    assert 0 <= float(rows[0]["acceptance"]) <= 1 and summary.metrics["coverage_nominal"] == pytest.approx(0.6)
+    name = problems[0].name
+    mean, std = load_image(tmp_path / "sr" / f"{name}_mean.png"), load_image(tmp_path / "sr" / f"{name}_std.png")
+    draws = torch.stack([load_image(tmp_path / r["image"]) for r in rows])
+    assert (mean - draws.mean(0)).abs().max() < 2 / 255  # 8-bit rounding
+    assert std.amax() > 0 and torch.equal(std[0], std[1])  # gray
+    grid = load_image(tmp_path / "grid.png")
+    assert grid.shape[-1] == 64 * (1 + 4 + 2 + 1)  # LR | 4 draws | mean | std | HR
+
+
+def test_ula_records_no_acceptance_and_says_why(tmp_path, dcgan):
+    from pulse.data import GeneratedFaces
+    from pulse.runner import run_search
+
+    problems = list(GeneratedFaces(dcgan, num=1, factors=[8]))
+    solver = LangevinSolver(dcgan, settings=LangevinSettings(samples=2, burn_in=2, thin=4))
+    summary = run_search(solver, problems, tmp_path, progress=False)
+    assert summary.metrics.get("acceptance") is None and "unadjusted" in summary.notes["acceptance"]
+    assert summary.metrics["rhat"] is not None
+
+
+@pytest.mark.parametrize("kind", ["stylegan", "stylegan2", "linear"])
+def test_every_generator_kind_is_sampled_with_its_noise_maps(kind, tmp_path, monkeypatch):
+    """StyleGAN (18-row style latent, trainable noise maps), StyleGAN2 and a bring-your-own generator."""
+    monkeypatch.setenv("PULSE_CACHE", str(tmp_path))
+    if kind == "stylegan":
+        from pulse.generators.stylegan import StyleGANGenerator
+
+        generator = StyleGANGenerator.synthetic(resolution=16, fmap_base=64, fmap_max=8, fit_samples=200)
+    elif kind == "stylegan2":
+        from pulse.generators.stylegan2 import StyleGAN2Generator
+
+        generator = StyleGAN2Generator.synthetic(
+            resolution=16, channel_base=64, channel_max=8, style_dim=32, n_mlp=2, fit_samples=500
+        )
+    else:
+        generator = LinearGenerator()
+    side = generator.resolution // 2
+    lr = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    settings = LangevinSettings(samples=2, burn_in=3, thin=2, num_trainable_noise_layers=2, mala=True)
+    result = LangevinSolver(generator, downscale=AreaDownscale, settings=settings).solve(lr)
+    assert result.hr.shape == (4, 3, generator.resolution, generator.resolution)
+    assert torch.isfinite(result.hr).all() and result.status == ["ok"] * 4
+    assert result.latent.shape == (4, generator.num_latents, generator.latent_dim)
+    if generator.noise_shapes:  # the trainable maps were sampled, the others kept
+        start = LangevinSolver(generator, downscale=AreaDownscale, settings=settings).search
+        _, noise, _ = start._initial_variables(result.seeds[:1], torch.device("cpu"))
+        assert not torch.equal(result.noise[0][0], noise[0][0]) and torch.equal(result.noise[2][0], noise[2][0])
+    assert torch.isfinite(result.terms["prior"]).all() and (result.acceptance >= 0).all()
+
+
+def test_warm_start_begins_where_the_pulse_search_ended(dcgan):
+    from pulse.data import GeneratedFaces
+
+    problems = list(GeneratedFaces(dcgan, num=1, factors=[8]))
+    lr = problems[0].lr[None]
+    cold = LangevinSolver.from_config(dcgan, samples=2, burn_in=0, thin=1, step_size=1e-8, step_schedule="constant")
+    warm = LangevinSolver.from_config(
+        dcgan,
+        samples=2,
+        burn_in=0,
+        thin=1,
+        step_size=1e-8,
+        step_schedule="constant",
+        warm_start=True,
+        pulse={"steps": 30},
+    )
+    assert warm.total_steps == 31 and cold.total_steps == 1
+    found = warm.search.solve(lr)
+    # with a negligible step the draw is the chain's start: the search's result, not a prior draw
+    torch.testing.assert_close(warm.solve(lr).latent, found.latent, atol=1e-3, rtol=0)
+    assert cold.solve(lr).downscale_error.mean() > found.downscale_error.mean()

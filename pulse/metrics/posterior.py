@@ -73,7 +73,9 @@ class PosteriorSummary:
         values = {name: torch.full((samples,), math.nan, dtype=torch.float64) for name in names}
         notes: dict[str, str] = {}
         if not known.any():
-            notes.update(dict.fromkeys(truth_names, "no ground truth for these inputs (data=folder without data.factor)"))
+            notes.update(
+                dict.fromkeys(truth_names, "no ground truth for these inputs (data=folder without data.factor)")
+            )
         for index in result.input_index.unique().tolist():
             members = result.input_index == index
             images = result.hr[members].double()

@@ -238,7 +238,7 @@ class LangevinSolver:
 
     # The two halves of U = -log p. Kept as methods so tests can show that a wrong one is caught.
     def prior_energy(self, variables: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``-log N(x; 0, I)`` up to a constant, per chain: ``sum ||x||² / 2`` over ``[B, ...]`` variables -> ``[B]``."""
+        """``-log N(x; 0, I)`` up to a constant, per chain: ``sum ||x||² / 2`` over ``[B, ...]`` tensors -> ``[B]``."""
         return sum(v.pow(2).flatten(1).sum(1) for v in variables) / 2
 
     def likelihood_energy(self, lr_generated: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -389,9 +389,7 @@ class LangevinSolver:
                             "energy": energy.clone(),
                             "terms": {k: v.clone() for k, v in terms.items()},
                             "latent": variables[0].clone(),
-                            "noise": [
-                                _layer(variables, trainable_layers, noise, i).clone() for i in range(len(noise))
-                            ],
+                            "noise": [_layer(variables, trainable_layers, noise, i).clone() for i in range(len(noise))],
                         }
                     )
             if callback is not None:
@@ -446,7 +444,9 @@ class LangevinSolver:
         error = (lr - reference.cpu()[chain_of]).pow(2).flatten(1).mean(1)
         steps = torch.tensor([kept[d]["step"] for d in draw_of.tolist()])
         terms = {k: torch.stack([e["terms"][k] for e in kept])[draw_of, chain_of].cpu() for k in kept[0]["terms"]}
-        noise = [torch.stack([e["noise"][i] for e in kept])[draw_of, chain_of].cpu() for i in range(len(kept[0]["noise"]))]
+        noise = [
+            torch.stack([e["noise"][i] for e in kept])[draw_of, chain_of].cpu() for i in range(len(kept[0]["noise"]))
+        ]
         finite = torch.isfinite(gather("energy"))
         mala = s.mala
         return PosteriorSamples(
@@ -478,7 +478,9 @@ def _where(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Te
     return torch.where(mask.view(-1, *[1] * (new.ndim - 1)), new, old)
 
 
-def _layer(variables: list[torch.Tensor], trainable_layers: list[int], noise: list[torch.Tensor], i: int) -> torch.Tensor:
+def _layer(
+    variables: list[torch.Tensor], trainable_layers: list[int], noise: list[torch.Tensor], i: int
+) -> torch.Tensor:
     """Noise layer ``i``: the sampled variable when trainable, the fixed map otherwise."""
     return variables[1 + trainable_layers.index(i)] if i in trainable_layers else noise[i]
 
