@@ -2,10 +2,13 @@
 """docs/images/langevin_samples.png: posterior samples of generated faces, their mean and std map.
 
     python scripts/make_langevin_figure.py [--out docs/images/langevin_samples.png] [--samples 8] [--mala]
+    python scripts/make_langevin_figure.py --run RUN_DIR --names face000_x8,face006_x4   # rows of a run's grid
 
 One row per input (the first generated faces at x8, then at x4): LR (nearest-upsampled) | samples | mean |
 per-pixel std (gray, white = 0.25) | HR. Uses ``configs/solver/langevin.yaml``'s defaults (ULA, sigma 0.045,
-80 burn-in steps, thin 20) unless told otherwise; a few minutes on two CPU cores.
+80 burn-in steps, thin 20) unless told otherwise; a few minutes on two CPU cores. With ``--run`` it samples
+nothing and cuts the named inputs' rows out of that run's ``grid.png`` (the same layout, from
+``python run.py solver=langevin``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ from pulse.outputs import STD_MAP_WHITE  # noqa: E402
 from pulse.solvers.langevin import LangevinSettings, LangevinSolver  # noqa: E402
 
 
+def rows_of_run(run: Path, names: list[str]) -> torch.Tensor:
+    """The ``grid.png`` rows of ``names`` (``[3, 64 * len(names), W]``); the grid has one row per input, in order."""
+    from pulse.data import load_image
+    from pulse.outputs import read_rows
+
+    order = list(dict.fromkeys(row["name"] for row in read_rows(run / "results.csv")))
+    grid = load_image(run / "grid.png")
+    side = grid.shape[-2] // min(len(order), 16)  # the grid shows the first 16 inputs
+    missing = [n for n in names if n not in order[:16]]
+    if not names or missing:
+        raise SystemExit(f"--names must list inputs of the grid ({', '.join(order[:16])}); missing: {missing}")
+    return torch.cat([grid[:, order.index(n) * side : (order.index(n) + 1) * side] for n in names], dim=-2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images/langevin_samples.png"))
@@ -33,8 +50,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--mala", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", type=Path, default=None, help="a solver=langevin run folder to take rows from")
+    parser.add_argument("--names", default="", help="with --run: comma-separated input names, in figure order")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.run is not None:
+        save_image(rows_of_run(args.run, [n for n in args.names.split(",") if n]), args.out)
+        print(f"wrote {args.out}")
+        return
 
     generator = DCGANGenerator.pretrained()
     solver = LangevinSolver(generator, settings=LangevinSettings(samples=args.samples, mala=args.mala, seed=args.seed))
