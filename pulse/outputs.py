@@ -2,6 +2,8 @@
 
 Layout of ``out_dir``:
     ``sr/<name>_<duplicate>.png``  each super-resolved sample
+    ``sr/<name>_mean.png``, ``sr/<name>_std.png``  posterior samplers (``solver=langevin``): the samples' mean
+                                   and per-pixel standard deviation (gray, white = ``STD_MAP_WHITE``)
     ``results.csv``                one row per sample (metrics, success, steps, seconds, status)
     ``summary.json``               aggregate metrics of the run
     ``grid.png``                   rows of LR (nearest-upsampled) | SR samples | HR when known
@@ -48,6 +50,8 @@ RESULT_FIELDS = (
     "seconds",
     "image",
 )
+# The std map's white level: a per-pixel standard deviation (mean over RGB, [0, 1] units) of 0.25 or more.
+STD_MAP_WHITE = 0.25
 
 
 def psnr(mse: torch.Tensor | float, peak: float = 1.0) -> float:
@@ -242,6 +246,8 @@ class ResultStore:
             values = metric(result, problems)
             columns.update(values.values)
             notes.update(values.notes)
+        if getattr(result, "chain_index", None) is not None:  # posterior draws: their mean and spread
+            self.write_uncertainty(problems, result)
         for s in range(len(result.seeds)):
             problem = problems[int(result.input_index[s])]
             duplicate = int(result.duplicate_index[s])
@@ -293,6 +299,18 @@ class ResultStore:
             elif fmt == "npy":
                 save_array(image, self.out_dir / "sr_npy" / f"{stem}.npy")
 
+    def write_uncertainty(self, problems: Sequence[Problem], result: SearchResult) -> None:
+        """``sr/<name>_mean.png`` and ``sr/<name>_std.png`` for every input with 2+ samples in ``result``."""
+        for index in result.input_index.unique().tolist():
+            members = result.input_index == index
+            if int(members.sum()) < 2:
+                continue
+            samples = result.hr[members].double()
+            name = problems[index].name
+            save_image(samples.mean(0).float(), self.out_dir / "sr" / f"{name}_mean.png")
+            spread = samples.std(0, unbiased=True).mean(0, keepdim=True).expand(samples.shape[1], -1, -1)
+            save_image((spread / STD_MAP_WHITE).clamp(0, 1).float(), self.out_dir / "sr" / f"{name}_std.png")
+
     def merge(self, problems: Sequence[Problem]) -> list[dict[str, str]]:
         """Fold all rows into ``results.csv`` in input order and drop the per-rank files."""
         order = {p.name: i for i, p in enumerate(problems)}
@@ -314,7 +332,8 @@ class ResultStore:
         return RunSummary(**json.loads((self.out_dir / "summary.json").read_text()))
 
     def write_grid(self, problems: Sequence[Problem], rows: list[dict[str, str]], max_rows: int = 16) -> Path | None:
-        """``grid.png``: one row per input (the first ``max_rows``): LR | SR samples | HR."""
+        """``grid.png``: one row per input (the first ``max_rows``): LR | SR samples | mean | std | HR (mean and std
+        when a posterior sampler wrote them)."""
         images_by_name: dict[str, list[str]] = {}
         for row in rows:
             images_by_name.setdefault(row["name"], []).append(row["image"])
@@ -323,7 +342,12 @@ class ResultStore:
             files = sorted(images_by_name.get(problem.name, []))
             if not files:
                 continue
-            samples = [load_image(self.out_dir / f, 1 if problem.lr.shape[0] == 1 else 3) for f in files]
+            channels = 1 if problem.lr.shape[0] == 1 else 3
+            samples = [load_image(self.out_dir / f, channels) for f in files]
+            for extra in ("mean", "std"):
+                path = self.out_dir / "sr" / f"{problem.name}_{extra}.png"
+                if path.is_file():
+                    samples.append(load_image(path, channels))
             size = samples[0].shape[-1]
             lr_up = F.interpolate(problem.lr[None], size=(size, size), mode="nearest")[0]
             grid_rows.append([lr_up, *samples] + ([problem.hr] if problem.hr is not None else []))

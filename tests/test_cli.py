@@ -144,7 +144,8 @@ def test_every_solver_config_names_a_factory_and_builds():
     from pulse.solvers.base import Solver
 
     for name in options("solver"):
-        cfg = make_cfg(f"solver={name}", "generator=stylegan_synthetic", "solver.steps=2")
+        short = {"langevin": "solver.burn_in=2"}.get(name, "solver.steps=2")  # samplers count burn-in, not steps
+        cfg = make_cfg(f"solver={name}", "generator=stylegan_synthetic", short)
         assert "_target_" in cfg.solver, f"configs/solver/{name}.yaml names no _target_"
         if name in ("restorer",):  # needs a user's file
             continue

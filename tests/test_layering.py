@@ -13,7 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pulse"
 
 # Primitives: maths and operators a solver is built from. They must not reach metrics or the solvers.
 PRIMITIVES = ("pulse.losses", "pulse.downscale", "pulse.degradations", "pulse.optim")
-SOLVERS = ("pulse.solvers.base", "pulse.solvers.pulse", "pulse.solvers.ilo", "pulse.solvers.baselines")
+SOLVERS = (
+    "pulse.solvers.base",
+    "pulse.solvers.pulse",
+    "pulse.solvers.ilo",
+    "pulse.solvers.baselines",
+    "pulse.solvers.langevin",
+)
 # Run-level modules above the metrics (a metric computes numbers from tensors, not from a run).
 ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs", "pulse.restore", "pulse.cli_restore", "pulse.demo")
 

@@ -20,7 +20,9 @@ from pulse.metrics.faces import (
 )
 from pulse.metrics.fidelity import GroundTruthFidelity, downscale_error, psnr, ssim
 from pulse.metrics.lpips import LPIPSMetric, LPIPSUnavailable, load_lpips, lpips_available, lpips_distance
+from pulse.metrics.mcmc import effective_sample_size, split_rhat
 from pulse.metrics.niqe import NIQE, NIQEMetric, NIQEScore, niqe, niqe_scores
+from pulse.metrics.posterior import PosteriorSummary, SamplerDiagnostics, coverage, nominal_coverage
 from pulse.metrics.skin import ITA_GROUPS, ita, ita_group, skin_mask, srgb_to_lab
 
 __all__ = [
@@ -36,8 +38,11 @@ __all__ = [
     "NIQE",
     "NIQEMetric",
     "NIQEScore",
+    "PosteriorSummary",
+    "SamplerDiagnostics",
     "RunMetric",
     "count_identities",
+    "coverage",
     "default_metrics",
     "face_descriptors",
     "face_landmarks",
@@ -49,12 +54,15 @@ __all__ = [
     "lpips_available",
     "lpips_distance",
     "downscale_error",
+    "effective_sample_size",
     "mean_pairwise",
     "niqe",
     "niqe_scores",
+    "nominal_coverage",
     "pixel_mse",
     "psnr",
     "skin_mask",
+    "split_rhat",
     "srgb_to_lab",
     "ssim",
 ]
@@ -62,4 +70,11 @@ __all__ = [
 
 def default_metrics(lpips_net: str | None = "alex", domain: str = "faces") -> list[RunMetric]:
     """The metrics a run reports unless configured otherwise; face metrics are null unless ``domain`` is faces."""
-    return [GroundTruthFidelity(lpips_net), Diversity(lpips_net), NIQEMetric(), FaceMetrics(domain=domain)]
+    return [
+        GroundTruthFidelity(lpips_net),
+        Diversity(lpips_net),
+        NIQEMetric(),
+        FaceMetrics(domain=domain),
+        PosteriorSummary(lpips_net),
+        SamplerDiagnostics(),
+    ]
