@@ -334,12 +334,13 @@ class ResultStore:
     def write_grid(self, problems: Sequence[Problem], rows: list[dict[str, str]], max_rows: int = 16) -> Path | None:
         """``grid.png``: one row per input (the first ``max_rows``): LR | SR samples | mean | std | HR (mean and std
         when a posterior sampler wrote them)."""
-        images_by_name: dict[str, list[str]] = {}
+        images_by_name: dict[str, list[tuple[int, str]]] = {}
         for row in rows:
-            images_by_name.setdefault(row["name"], []).append(row["image"])
+            images_by_name.setdefault(row["name"], []).append((int(row["duplicate"]), row["image"]))
         grid_rows = []
         for problem in problems:
-            files = sorted(images_by_name.get(problem.name, []))
+            # By duplicate number, not file name: "_10" sorts before "_2" as text.
+            files = [image for _, image in sorted(images_by_name.get(problem.name, []))]
             if not files:
                 continue
             channels = 1 if problem.lr.shape[0] == 1 else 3

@@ -134,3 +134,25 @@ def test_intermediate_frames_become_gifs(tmp_path, dcgan):
     run_search(PulseSolver(dcgan, settings=SearchSettings(steps=6)), problems, tmp_path, progress=False, frames_every=2)
     with Image.open(tmp_path / "frames" / "face000_x8_0.gif") as gif:
         assert gif.n_frames == 3 and gif.size == (64, 64)
+
+
+def test_grid_orders_samples_by_duplicate_number_not_file_name(tmp_path):
+    """With 10+ samples, "_10" sorts before "_2" as text; the grid must follow the duplicate number."""
+    from pulse.data import Problem, save_image
+
+    problem = Problem(name="face", lr=torch.zeros(3, 4, 4), hr=None)
+    rows = []
+    for k in range(11):
+        image = f"sr/face_{k}.png"
+        save_image(torch.full((3, 8, 8), k / 10), tmp_path / image)
+        rows.append({"name": "face", "duplicate": str(k), "image": image})
+    grid = ResultStore(tmp_path).write_grid([problem], rows[::-1])
+    from PIL import Image
+
+    pixels = torch.tensor(list(Image.open(grid).convert("L").getdata()), dtype=torch.float32)
+    width = Image.open(grid).width
+    row = pixels.view(-1, width)[4]
+    # Sample tiles follow the LR tile, in duplicate order: brightness rises monotonically.
+    tile_values = [float(v) for v in row.unique_consecutive()]
+    sample_values = [v for v in tile_values if v > 0]
+    assert sample_values == sorted(sample_values) and len(sample_values) >= 10
