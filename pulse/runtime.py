@@ -62,6 +62,21 @@ def tune_cpu_allocator(top_pad: int = 1 << 30, trim_threshold: int = (1 << 31) -
     return applied
 
 
+def allocator_environment(top_pad: int = 1 << 30, trim_threshold: int = (1 << 31) - 1) -> dict[str, str]:
+    """The environment variables that give a new process :func:`tune_cpu_allocator`'s settings from its start.
+
+    glibc reads ``MALLOC_*_`` variables when the process starts, so a program that cannot call ``mallopt``
+    itself (the official PULSE code) gets the same allocator as pulse, and a pulse process gets it before
+    torch is imported (``tune_cpu_allocator`` then changes nothing). Same arguments as ``tune_cpu_allocator``.
+    """
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD_MAX),
+        "MALLOC_MMAP_MAX_": "0",
+        "MALLOC_TRIM_THRESHOLD_": str(trim_threshold),
+        "MALLOC_TOP_PAD_": str(top_pad),
+    }
+
+
 def set_tf32(enabled: bool) -> None:
     """Let CUDA convolutions and matmuls use TF32 tensor cores (``True``) or keep IEEE float32 (``False``).
 
