@@ -714,6 +714,7 @@ def format_process_timings(timings: dict[str, ProcessTiming], ratios: Sequence[t
         startup = ratio_spread(timings[a].startup_s, timings[b].startup_s)
         whole = ratio_spread(timings[a].wall_short_s, timings[b].wall_short_s)
         lines.append(
-            f"{a} / {b}: s/step {step.text()}, start-up {startup.text()}, whole {first.short}-step run {whole.text()}"
+            f"time({a}) / time({b}): s/step {step.text()}, start-up {startup.text()}, "
+            f"whole {first.short}-step run {whole.text()}"
         )
     return "\n".join(lines)
