@@ -40,6 +40,8 @@ HR_DIFFERENCE_NOTE = (
     "max|dHR| compares the two searches' best images; spherical Adam's first steps are about lr * sign(grad), "
     "so rounding-level gradient differences grow over steps: the generator output difference measures the function"
 )
+# make_solver(generator, total_steps) -> a solver with ``solve(lr, callback=...)`` (see time_search)
+SolverFactory = Callable[[Generator, int], Any]
 PEAK_MEMORY_NOTES = {
     "cuda": "torch.cuda.max_memory_allocated, reset before each measurement",
     "cpu": "process peak RSS (getrusage ru_maxrss): a high-water mark since the process started (models included); "
@@ -109,13 +111,17 @@ class StepProfile:
     ceiling: float | None = None
 
 
-def profile_step(generator: Generator, lr_images: torch.Tensor, seed: int = 0) -> StepProfile:
+def profile_step(
+    generator: Generator, lr_images: torch.Tensor, seed: int = 0, make_solver: SolverFactory | None = None
+) -> StepProfile:
     """Profile the second step of a two-step CPU search of ``lr_images`` (the first one warms up)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     profiler = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=1, repeat=1))
     with profiler:
-        (step,), _ = time_search(generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step)
+        (step,), _ = time_search(
+            generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step, make_solver=make_solver
+        )
     convolution_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if "conv" in event.key)
     return StepProfile(step_s=step, convolution_s=convolution_us / 1e6, convolution_share=convolution_us / 1e6 / step)
 
@@ -142,6 +148,7 @@ def time_search(
     steps: int,
     seed: int = 0,
     on_step: Callable[[], Any] | None = None,
+    make_solver: SolverFactory | None = None,
 ) -> tuple[list[float], torch.Tensor]:
     """Seconds of each of ``steps`` solver steps after ``warmup`` untimed ones.
 
@@ -149,6 +156,9 @@ def time_search(
         generator: the generator searched (on its device).
         lr_images: ``[B, 3, h, w]`` targets in [0, 1]; ``B`` is the batch measured.
         on_step: called after each step's time stamp (e.g. a profiler's ``step``).
+        make_solver: ``make_solver(generator, total_steps)`` builds the solver timed, e.g. the one ``run.py``
+            builds from its config (``scripts/benchmark.py`` does that). ``None``: a default
+            :class:`~pulse.solvers.pulse.PulseSolver` with no noise layer zeroed.
 
     Returns:
         The step durations and the search's best images ``[B, 3, R, R]`` (on the CPU).
@@ -156,8 +166,11 @@ def time_search(
     if warmup < 1 or steps < 1:
         raise ValueError(f"need warmup >= 1 and steps >= 1, got {warmup} and {steps}")
     device = next(iter((*generator.parameters(), *generator.buffers()))).device  # type: ignore[attr-defined]
-    # No noise layer is zeroed: the default (layer 17) would not exist in small generators.
-    settings = SearchSettings(steps=warmup + steps, bad_noise_layers=(), seed=seed)
+    if make_solver is None:
+        # No noise layer is zeroed: the default (layer 17) would not exist in small generators.
+        solver = PulseSolver(generator, settings=SearchSettings(steps=warmup + steps, bad_noise_layers=(), seed=seed))
+    else:
+        solver = make_solver(generator, warmup + steps)
     stamps: list[float] = []
 
     def stamp(info: StepInfo) -> None:
@@ -169,7 +182,7 @@ def time_search(
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result = PulseSolver(generator, settings=settings).solve(lr_images.to(device), callback=stamp)
+    result = solver.solve(lr_images.to(device), callback=stamp)
     # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it.
     return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)], result.hr
 
@@ -269,6 +282,7 @@ def run_benchmark(
     fast_autocast: torch.dtype | None = None,
     profile: bool = False,
     float64_reference: bool = False,
+    make_solver: SolverFactory | None = None,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
 
@@ -286,6 +300,7 @@ def run_benchmark(
             (:class:`StepProfile`, in ``report.profile``).
         float64_reference: also measure each path's distance from a float64 evaluation
             (:func:`float64_distances`; float32 only, so ``fast_autocast`` and ``fast_tf32`` do not apply).
+        make_solver: how each path's solver is built (see :func:`time_search`); both paths get the same.
     """
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
@@ -327,7 +342,7 @@ def run_benchmark(
                 log(f"batch {batch}: fast{suffix} ...")
                 reset_peak_memory(device)
                 with precision(device.type, fast_tf32, fast_autocast):
-                    durations, hr = time_search(fast, targets, warmup, steps)
+                    durations, hr = time_search(fast, targets, warmup, steps, make_solver=make_solver)
                 fast_steps += durations
                 fast_hr = hr if fast_hr is None else fast_hr
                 if round_index == 0 or device.type == "cuda":
@@ -335,7 +350,7 @@ def run_benchmark(
             log(f"batch {batch}: eager{suffix} ...")
             reset_peak_memory(device)
             with precision(device.type):
-                durations, hr = time_search(eager, targets, warmup, steps)
+                durations, hr = time_search(eager, targets, warmup, steps, make_solver=make_solver)
             eager_steps += durations
             eager_hr = hr if eager_hr is None else eager_hr
             eager_peak = max(eager_peak, peak_memory_mb(device))
@@ -355,10 +370,10 @@ def run_benchmark(
         targets = torch.rand(batches[0], 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batches[0]))
         log(f"batch {batches[0]}: profiling one step of each path ...")
         with precision(device.type):
-            report.profile = {"eager": profile_step(eager, targets)}
+            report.profile = {"eager": profile_step(eager, targets, make_solver=make_solver)}
         if fast is not None:
             with precision(device.type, fast_tf32, fast_autocast):
-                report.profile["fast"] = profile_step(fast, targets)
+                report.profile["fast"] = profile_step(fast, targets, make_solver=make_solver)
         for measured in report.profile.values():
             measured.ceiling = report.profile["eager"].step_s / measured.convolution_s
     return report
@@ -535,18 +550,28 @@ def write_random_input(folder: str | os.PathLike[str], side: int = 16, seed: int
 
 
 def pulse_run_command(
-    run_py: Path, generator: str, weights: Path, inputs: Path, out_dir: Path, steps: int, extra: Sequence[str] = ()
+    run_py: Path,
+    generator: str,
+    weights: Path,
+    inputs: Path,
+    out_dir: Path,
+    steps: int,
+    extra: Sequence[str] = (),
+    generator_args: dict[str, Any] | None = None,
 ) -> ProcessCommand:
     """``python run.py`` searching ``inputs`` (a folder of LR images) with ``generator`` on ``weights``, batch 1.
 
+    ``generator`` is ``stylegan_ffhq`` or ``stylegan_ffhq_fast``; ``generator_args`` are further arguments of
+    ``StyleGANGenerator.pretrained`` (``resolution``, ``fmap_base``, ``fmap_max`` for smaller random networks).
     Reads the program's own timer from ``results.csv`` (``seconds``, summed over the run's samples).
     """
-    cache_key = "generator.generator.cache_dir" if generator.endswith("_fast") else "generator.cache_dir"
+    prefix = "generator.generator" if generator.endswith("_fast") else "generator"
     argv = [
         sys.executable,
         str(run_py),
         f"generator={generator}",
-        f"{cache_key}={weights}",
+        f"{prefix}.cache_dir={weights}",
+        *(f"+{prefix}.{key}={value}" for key, value in (generator_args or {}).items()),
         "data=folder",
         f"data.path={inputs}",
         f"solver.steps={steps}",
@@ -718,3 +743,32 @@ def format_process_timings(timings: dict[str, ProcessTiming], ratios: Sequence[t
             f"whole {first.short}-step run {whole.text()}"
         )
     return "\n".join(lines)
+
+
+def step_description(solver: Any) -> dict[str, Any]:
+    """What one search step of ``solver`` computes, as comparable plain values (for checking two builds agree).
+
+    Solver class and settings (steps, eps, noise type, trainable and zeroed noise layers, schedule, ...), the
+    loss's terms and weights, the optimizer factory and its arguments, the downscale operator, the generator.
+    """
+    import dataclasses
+    import functools
+
+    optimizer = solver.optimizer
+    if isinstance(optimizer, functools.partial):
+        optimizer_text = (
+            getattr(optimizer.func, "__qualname__", repr(optimizer.func)),
+            tuple(getattr(a, "__qualname__", repr(a)) for a in optimizer.args),
+            dict(sorted(optimizer.keywords.items())),
+        )
+    else:
+        optimizer_text = (repr(optimizer), (), {})
+    downscale = solver.downscale
+    return {
+        "solver": type(solver).__qualname__,
+        "settings": dataclasses.asdict(solver.settings),
+        "loss": (type(solver.loss).__qualname__, dict(solver.loss.weights), solver.loss.eps),
+        "optimizer": optimizer_text,
+        "downscale": getattr(downscale, "__qualname__", None) or repr(downscale),
+        "generator": type(solver.generator).__qualname__,
+    }
