@@ -1,16 +1,18 @@
 #!/usr/bin/env python
 """Where the time of one ``run.py`` process goes: imports, loading, search, end-of-run metrics, shutdown.
 
-    python scripts/startup_breakdown.py [--allocator tuned|default] [--repeats 3] -- out_dir=DIR RUN.PY OVERRIDES ...
-    python scripts/startup_breakdown.py -- out_dir=/tmp/run generator=stylegan_ffhq_fast generator.generator.cache_dir=W \\
-        data=folder data.path=IN solver.steps=2 batch_size=1 trainer=cpu progress=false
+    python scripts/startup_breakdown.py [--allocator tuned|default] [--repeats 3] -- out_dir=DIR OVERRIDES ...
+    python scripts/startup_breakdown.py -- out_dir=/tmp/run generator=stylegan_ffhq_fast \\
+        generator.generator.cache_dir=W data=folder data.path=IN solver.steps=2 batch_size=1 trainer=cpu progress=false
 
-Runs ``run.py``'s ``run`` on the config its ``main`` would compose (``out_dir=...`` must be given, as Hydra's
-run folder does not exist outside ``main``) in a fresh process (``--repeats`` times) with clock stamps wrapped around its
-phases (nothing else changes), and prints the median [min-max] seconds of each phase:
-interpreter start, Hydra and ``run.py`` import, torch and Lightning import (``pulse.runner``), config to
-generator and solver (weights loaded), Lightning set-up before the search, the search, each end-of-run metric,
-images and rows, grid and summary, the rest of ``main``, and interpreter shutdown (last stamp to process exit).
+Runs ``run.py``'s ``run`` on the config its ``main`` would compose (``out_dir=...`` must be given: Hydra's run
+folder does not exist outside ``main``) in a fresh process (``--repeats`` times) with clock stamps wrapped around
+its phases (nothing else changes), and prints the median [min-max] seconds of each phase: interpreter start,
+Hydra and ``run.py`` import, torch and Lightning import (``pulse.runner``), config composition, generator and
+solver (weights loaded), data and Lightning set-up, the search, images, rows and end-of-run metrics (each metric
+also on its own line), the grid, and interpreter shutdown (last stamp to process exit). ``run.py``'s own
+``__main__`` skips the teardown (:func:`pulse.runtime.exit_without_teardown`); this script's child does not, so
+its shutdown line shows what that saves.
 """
 
 from __future__ import annotations
