@@ -11,8 +11,8 @@ its phases (nothing else changes), and prints the median [min-max] seconds of ea
 Hydra and ``run.py`` import, torch and Lightning import (``pulse.runner``), config composition, generator and
 solver (weights loaded), data and Lightning set-up, the search, images, rows and end-of-run metrics (each metric
 also on its own line), the grid, and interpreter shutdown (last stamp to process exit). ``run.py``'s own
-``__main__`` skips the teardown (:func:`pulse.runtime.exit_without_teardown`); this script's child does not, so
-its shutdown line shows what that saves.
+``__main__`` skips the teardown (:func:`pulse.runtime.exit_without_teardown`) and so does the child here;
+``PULSE_FULL_TEARDOWN=1`` keeps it in both, so the shutdown line shows what skipping it saves.
 """
 
 from __future__ import annotations
@@ -85,6 +85,10 @@ def child(overrides: list[str]) -> None:
     run.run(cfg)
     stamps.append(("run.py run() returned", time.time()))
     print(MARK + json.dumps({"stamps": stamps, "metrics": metric_seconds}), flush=True)
+    if os.environ.get("PULSE_FULL_TEARDOWN") != "1":  # end as run.py's __main__ does
+        from pulse.runtime import exit_without_teardown
+
+        exit_without_teardown(0)
 
 
 def phases(start: float, end: float, record: dict) -> dict[str, float]:
