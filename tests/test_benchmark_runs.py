@@ -245,3 +245,28 @@ def test_official_driver_redirects_cuda_and_downloads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(["--official", str(tmp_path), "--weights", str(weights)])
     assert "no PULSE.py there" in capsys.readouterr().err
+
+
+def test_whole_runs_mode_runs_run_py_for_both_paths_with_the_allocator_env(benchmark_script, monkeypatch, capsys):
+    seen = {}
+
+    def fake_measure(programs, work_dir, short, long, repeats, env, log=None):
+        seen.update(short=short, long=long, repeats=repeats, env=env)
+        seen["commands"] = {name: make(short, Path(work_dir) / name) for name, make in programs.items()}
+        spread = Spread.of([1.0, 2.0])
+        from pulse.benchmark import ProcessTiming
+
+        return {name: ProcessTiming(name, short, long, spread, spread, spread, spread, spread) for name in programs}
+
+    monkeypatch.setattr(benchmark_script, "measure_processes", fake_measure)
+    tiny = ["--resolution", "32", "--fmap-base", "256", "--fmap-max", "32", "--rounds", "2", "--batch", "1"]
+    benchmark_script.main(["--whole-runs", *tiny, "--short", "1", "--long", "3", "--set", "loss=l2"])
+    assert (seen["short"], seen["long"], seen["repeats"]) == (1, 3, 2)
+    assert {key: seen["env"][key] for key in allocator_environment()} == allocator_environment()
+    eager, fast = seen["commands"]["eager"].argv, seen["commands"]["fast"].argv
+    assert "generator=stylegan_ffhq" in eager and "+generator.resolution=32" in eager and "loss=l2" in eager
+    assert "generator=stylegan_ffhq_fast" in fast and "+generator.generator.fmap_max=32" in fast
+    assert "solver.steps=1" in eager and "data=folder" in fast
+    assert "time(fast) / time(eager): s/step 1.00 [1.00-1.00]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        benchmark_script.parse_args(["--whole-runs", "--generator", "dcgan"])
