@@ -6,7 +6,6 @@ PULSE value, so a batch of independent searches is one optimisation with no cros
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,9 +97,11 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "diversity": lambda x: duplicate_diversity(x.hr_gen, x.groups),
 }
 
-# Terms built on perceptual measures (the LPIPS network, NIQE's model) are defined in a module above this
-# one, so that losses depend on no metric; a loss that names one imports that module, which registers it.
-PLUGIN_TERMS: dict[str, str] = {"lpips_lr": "pulse.perceptual_terms", "niqe": "pulse.perceptual_terms"}
+# Terms built on perceptual measures (the LPIPS network, NIQE's model) live in a module above this one, so that
+# losses depend on no metric. That module registers them when it is imported, explicitly: configs build such a
+# loss with ``pulse.perceptual_terms.perceptual_loss``. Only their names are known here, for error messages.
+PERCEPTUAL_TERMS = ("lpips_lr", "niqe")
+PERCEPTUAL_MODULE = "pulse.perceptual_terms"
 
 # Checks run when a loss with the term is built (weights on disk, ...), so a run fails before it starts.
 _PREREQUISITES: dict[str, Callable[[], None]] = {}
@@ -116,19 +117,16 @@ def register_loss_term(name: str, term: LossTerm, prerequisite: Callable[[], Non
         _PREREQUISITES[name.lower()] = prerequisite
 
 
-def _known_term(name: str) -> bool:
-    """Whether ``name`` is a term, importing the module of a plugin term on first use."""
-    name = name.lower()
-    if name not in LOSS_TERMS and name in PLUGIN_TERMS:
-        importlib.import_module(PLUGIN_TERMS[name])
-    return name in LOSS_TERMS
-
-
-def __getattr__(name: str) -> Any:
-    # lpips_lr and niqe_hr lived here before the perceptual terms moved above the metrics.
-    if name in ("lpips_lr", "niqe_hr"):
-        return getattr(importlib.import_module("pulse.perceptual_terms"), name)
-    raise AttributeError(f"module 'pulse.losses' has no attribute {name!r}")
+def _unknown_terms_message(unknown: list[str]) -> str:
+    """One line: the unknown names, the valid ones, and where the unregistered perceptual terms come from."""
+    elsewhere = [name for name in PERCEPTUAL_TERMS if name not in LOSS_TERMS]
+    message = f"unknown loss term(s) {unknown}; valid terms: {sorted(LOSS_TERMS)}"
+    if elsewhere:
+        message += (
+            f" and, once {PERCEPTUAL_MODULE} is imported, {elsewhere} (build such a loss with "
+            f"{PERCEPTUAL_MODULE}.perceptual_loss, as configs/loss/l2+geocross+lpips.yaml does)"
+        )
+    return message
 
 
 def _term_weight(name: str, spec: float | Mapping[str, Any]) -> float:
@@ -153,9 +151,9 @@ class PulseLoss(nn.Module):
         super().__init__()
         if not terms:
             raise ValueError(f"the loss has no terms; choose from {sorted(LOSS_TERMS)}")
-        unknown = [name for name in terms if not _known_term(name)]
+        unknown = [name for name in terms if name.lower() not in LOSS_TERMS]
         if unknown:
-            raise ValueError(f"unknown loss term(s) {unknown}; valid terms: {sorted({*LOSS_TERMS, *PLUGIN_TERMS})}")
+            raise ValueError(_unknown_terms_message(unknown))
         self.weights = {name.lower(): _term_weight(name, spec) for name, spec in terms.items()}
         self.eps = float(eps)
         for name in self.weights:

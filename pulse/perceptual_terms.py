@@ -1,17 +1,21 @@
 """Loss terms built on perceptual measures: LPIPS between the LR images, NIQE of the outputs.
 
 They sit above both :mod:`pulse.losses` and the measures in :mod:`pulse.metrics`, so the primitive loss
-module depends on no metric. :class:`pulse.losses.PulseLoss` knows these terms by name only
-(``pulse.losses.PLUGIN_TERMS``) and imports this module the first time a loss asks for one; importing
-it registers them (:func:`pulse.losses.register_loss_term`).
+module depends on no metric and never imports this one. Registration is explicit: importing this module
+calls :func:`register_perceptual_terms` (:func:`pulse.losses.register_loss_term` for each term), and
+:func:`perceptual_loss` builds a :class:`pulse.losses.PulseLoss` that may use them (the ``_target_`` of
+``configs/loss/l2+geocross+lpips.yaml`` and ``l2+geocross+niqe.yaml``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from pulse.losses import register_loss_term
+from pulse.losses import PulseLoss, register_loss_term
 from pulse.metrics.lpips import load_lpips, lpips_distance
 from pulse.metrics.niqe import niqe_loss
 
@@ -36,6 +40,17 @@ def niqe_hr(hr_gen: torch.Tensor) -> torch.Tensor:
     return niqe_loss(hr_gen)
 
 
-# The LPIPS weights are checked when a loss with lpips_lr is built, so a run fails before it starts.
-register_loss_term("lpips_lr", lambda x: lpips_lr(x.lr_gen, x.lr_ref), prerequisite=lambda: load_lpips("alex"))
-register_loss_term("niqe", lambda x: niqe_hr(x.hr_gen))
+def register_perceptual_terms() -> None:
+    """Make ``lpips_lr`` and ``niqe`` selectable in :class:`~pulse.losses.PulseLoss` (idempotent)."""
+    # The LPIPS weights are checked when a loss with lpips_lr is built, so a run fails before it starts.
+    register_loss_term("lpips_lr", lambda x: lpips_lr(x.lr_gen, x.lr_ref), prerequisite=lambda: load_lpips("alex"))
+    register_loss_term("niqe", lambda x: niqe_hr(x.hr_gen))
+
+
+def perceptual_loss(terms: Mapping[str, float | Mapping[str, Any]], eps: float = 2e-3) -> PulseLoss:
+    """:class:`~pulse.losses.PulseLoss` with the perceptual terms registered (same arguments)."""
+    register_perceptual_terms()
+    return PulseLoss(terms, eps)
+
+
+register_perceptual_terms()

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pulse"
 PRIMITIVES = ("pulse.losses", "pulse.downscale", "pulse.degradations", "pulse.optim")
 SOLVERS = ("pulse.solvers.base", "pulse.solvers.pulse", "pulse.solvers.ilo")
 # Run-level modules above the metrics (a metric computes numbers from tensors, not from a run).
-ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs")
+ABOVE_METRICS = (*SOLVERS, "pulse.runner", "pulse.outputs", "pulse.restore", "pulse.cli_restore", "pulse.demo")
 
 
 def module_names(root: Path = PACKAGE) -> dict[str, Path]:
@@ -29,11 +29,32 @@ def module_names(root: Path = PACKAGE) -> dict[str, Path]:
     return names
 
 
+# Calls that import the module their first argument names: a string import is an import too.
+DYNAMIC_IMPORTS = ("import_module", "__import__")
+
+
+def dynamic_imports(tree: ast.AST) -> list[ast.Call]:
+    """``importlib.import_module(...)`` / ``import_module(...)`` / ``__import__(...)`` calls in ``tree``."""
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if name in DYNAMIC_IMPORTS:
+                calls.append(node)
+    return calls
+
+
 def imported_names(source: str, module: str, is_package: bool) -> set[str]:
-    """Every dotted name an ``import`` statement anywhere in ``source`` may load (relative ones resolved)."""
+    """Every dotted name an ``import`` statement anywhere in ``source`` may load (relative ones resolved),
+    and every module a string import (``importlib.import_module("pulse.x")``) names."""
     found: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    for call in dynamic_imports(tree):
+        if isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+            found.add(call.args[0].value)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -137,16 +158,61 @@ def test_metrics_do_not_need_the_solver():
         assert not bad, f"{module} depends on {bad}"
 
 
-def test_plugin_loss_terms_register_themselves_on_first_use():
-    import importlib
+def test_string_imports_are_edges_of_the_graph(tmp_path):
+    """A cycle through ``importlib.import_module("...")`` (how losses once reached perceptual_terms) is caught."""
+    pkg = tmp_path / "pulse"
+    (pkg / "metrics").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "metrics" / "__init__.py").write_text("")
+    (pkg / "losses.py").write_text(
+        "import importlib\n\ndef _known_term(name):\n    importlib.import_module('pulse.perceptual_terms')\n"
+    )
+    (pkg / "perceptual_terms.py").write_text("from pulse.losses import register_loss_term\nimport pulse.metrics.niqe\n")
+    (pkg / "metrics" / "niqe.py").write_text(
+        "from importlib import import_module\nlosses = import_module('pulse.losses')\n"
+    )
+    graph = import_graph(pkg)
+    assert "pulse.perceptual_terms" in graph["pulse.losses"] and "pulse.losses" in graph["pulse.metrics.niqe"]
+    assert find_cycle(graph) == ["pulse.losses", "pulse.perceptual_terms", "pulse.losses"]
+    assert "pulse.metrics.niqe" in reachable(graph, "pulse.losses")  # a primitive reaching a metric
 
-    from pulse import losses
 
-    for name, module in losses.PLUGIN_TERMS.items():
-        assert module not in import_graph()["pulse.losses"]
-        importlib.import_module(module)
-        assert name in losses.LOSS_TERMS
-    assert callable(losses.lpips_lr) and callable(losses.niqe_hr)  # the names that used to live there
+def test_no_hidden_imports_in_pulse():
+    """Every string import names its module literally, so the graph above sees it. The root package's lazy
+    exports (``pulse.__getattr__``) are the one exception: nothing imports ``pulse`` itself for them."""
+    hidden = []
+    for module, path in module_names().items():
+        for call in dynamic_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            literal = isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)
+            if not literal and module != "pulse":
+                hidden.append(f"{module}:{call.lineno}")
+    assert hidden == [], f"imports whose module is not a literal string (the layering test cannot see them): {hidden}"
+
+
+def test_perceptual_loss_terms_are_registered_explicitly():
+    from pulse import losses, perceptual_terms
+
+    assert "pulse.perceptual_terms" not in reachable(import_graph(), "pulse.losses")
+    assert "pulse.losses" in import_graph()["pulse.perceptual_terms"]
+    loss = perceptual_terms.perceptual_loss({"l2": 1, "niqe": 0.5}, eps=1e-3)
+    assert isinstance(loss, losses.PulseLoss) and loss.weights == {"l2": 1.0, "niqe": 0.5} and loss.eps == 1e-3
+    assert {"lpips_lr", "niqe"} <= set(losses.LOSS_TERMS) and set(losses.PERCEPTUAL_TERMS) == {"lpips_lr", "niqe"}
+
+
+def test_without_pulse_perceptual_terms_a_perceptual_term_says_where_it_lives():
+    import subprocess
+    import sys
+
+    code = "\n".join(
+        ["from pulse.losses import PulseLoss", "try:", "    PulseLoss({'l2': 1, 'niqe': 1})", "except ValueError as e:"]
+        + ["    print(e)"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120, check=True
+    )
+    message = result.stdout.strip()
+    assert message.startswith("unknown loss term(s) ['niqe']; valid terms: ['diversity', 'geocross', 'l1', 'l2']")
+    assert "pulse.perceptual_terms.perceptual_loss" in message and "\n" not in message
 
 
 def readme_layers(readme: Path = PACKAGE.parent / "README.md") -> list[list[str]]:

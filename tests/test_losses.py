@@ -83,6 +83,8 @@ def test_official_loss_string():
 
 
 def test_unknown_term_lists_valid_ones():
+    import pulse.perceptual_terms  # noqa: F401  (registers lpips_lr and niqe)
+
     with pytest.raises(
         ValueError,
         match=r"unknown loss term.*'perceptual'.*valid terms: "
@@ -107,6 +109,22 @@ def test_duplicate_diversity_is_minus_mean_distance_within_each_input():
 def test_lpips_term_needs_its_weights_before_the_run_starts(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # PULSE_CACHE already points to an empty folder
     from pulse.metrics.lpips import LPIPSUnavailable
+    from pulse.perceptual_terms import perceptual_loss
 
     with pytest.raises(LPIPSUnavailable, match="fetch_weights.py lpips"):
-        PulseLoss({"l2": 100, "lpips_lr": 1})
+        perceptual_loss({"l2": 100, "lpips_lr": 1})
+
+
+def test_perceptual_loss_configs_register_their_terms_explicitly():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        niqe = compose(config_name="config", overrides=["loss=l2+geocross+niqe"])
+        lpips = compose(config_name="config", overrides=["loss=l2+geocross+lpips"])
+    assert niqe.loss._target_ == lpips.loss._target_ == "pulse.perceptual_terms.perceptual_loss"
+    loss = instantiate(niqe.loss)
+    assert isinstance(loss, PulseLoss) and loss.weights == {"l2": 100.0, "geocross": 0.05, "niqe": 0.01}

@@ -13,6 +13,7 @@ import io
 import pickle
 import shutil
 import tarfile
+from collections import OrderedDict
 from pathlib import Path
 
 import lpips as lpips_package
@@ -311,3 +312,56 @@ def test_availability_loads_the_weights_once_per_file_version(tmp_path, empty_to
     monkeypatch.setattr(lp, "load_backbone_features", lambda net: loads.append(net) or original(net))
     assert all(lp.lpips_available("alex") for _ in range(3))
     assert loads == ["alex"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the model: only the backbone's features, and the same model as lpips builds
+
+
+def _random_features(net: str, seed: int = 0) -> OrderedDict:
+    generator = torch.Generator().manual_seed(seed)
+    return OrderedDict(
+        (key, torch.randn(shape, generator=generator) * 0.05) for key, shape in lp.expected_features_layout(net).items()
+    )
+
+
+def _lpips_built_by_the_package(net: str, features: OrderedDict) -> torch.nn.Module:
+    """What lpips itself builds (classifier included, then dropped), with ``features`` as its backbone."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lpips_package.LPIPS(net=net, version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    state = {name: features[f"features.{name.split('.')[1]}.{name.split('.')[2]}"] for name in model.net.state_dict()}
+    model.net.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_building_lpips_allocates_no_classifier_and_changes_nothing(net, monkeypatch):
+    features = _random_features(net)
+    monkeypatch.setattr(lp, "load_backbone_features", lambda name: features)
+    built: list[tuple[str, tuple[int, ...]]] = []
+    original = torch.nn.Linear.reset_parameters
+
+    def recording(self):
+        built.append((self.weight.device.type, tuple(self.weight.shape)))
+        original(self)
+
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", recording)
+    model = lp.load_lpips(net)
+    # torchvision's classifier is the only nn.Linear in AlexNet/VGG16: none was allocated or initialised.
+    assert [entry for entry in built if entry[0] != "meta"] == []
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", original)
+
+    reference = _lpips_built_by_the_package(net, features)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    x = _face_like_batch(2) * 2 - 1
+    y = x.flip(-1)
+    with torch.no_grad():
+        assert torch.equal(model(x, y), reference(x, y))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())

@@ -119,3 +119,64 @@ def test_a_torch_global_that_is_not_data_is_named_too(tmp_path, marker):
     with pytest.raises(UnsafePickleError, match=r"refused hub\.pt: it asks for torch\.hub\.load,") as error:
         load_torch_weights(tmp_path / "hub.pt")
     assert_refused(error.value, marker, r"torch\.hub\.load")
+
+
+class _RecordingUnpickler(pickle.Unpickler):
+    """An ordinary unpickler that notes every global it resolves: the exact answer for pickle_globals.
+
+    Only used on pickles these tests made of numpy arrays and tensors (safe to load)."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.names: list[str] = []
+
+    def find_class(self, module, name):
+        self.names.append(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _resolved_globals(data: bytes) -> list[str]:
+    unpickler = _RecordingUnpickler(data)
+    unpickler.load()
+    return list(dict.fromkeys(unpickler.names))
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_pickle_globals_names_what_the_unpickler_resolves_numpy(protocol):
+    """Protocol 4+ repeats module and class names through the memo; the names must be the real globals."""
+    np = pytest.importorskip("numpy")
+    data = pickle.dumps(
+        {"lod": np.float32(0.0), "a": np.zeros((2, 3), np.float32), "b": np.arange(4), "c": np.ones(2, np.float16)},
+        protocol=protocol,
+    )
+    names = pickle_globals(data)
+    assert names == _resolved_globals(data)
+    assert not any(n.startswith(("ndarray.", "lod.", "dtype.")) for n in names), names
+    assert "numpy.dtype" in names
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickle_globals_names_what_the_unpickler_resolves_torch(protocol):
+    """Like an NVIDIA network pickle: parameters and tensors pickled without torch.save's persistent ids."""
+    objects = {
+        "G_ema": {"weight": torch.nn.Parameter(torch.ones(2, 2)), "bias": torch.zeros(2)},
+        "layers": [torch.nn.Parameter(torch.full((3,), float(i))) for i in range(3)],
+    }
+    data = pickle.dumps(objects, protocol=protocol)
+    names = pickle_globals(data)
+    assert names == _resolved_globals(data)
+    assert "torch._utils._rebuild_parameter" in names and "torch._utils._rebuild_tensor_v2" in names
+    assert not any(n.startswith("_rebuild_parameter.") for n in names), names
+
+
+def test_refusal_names_the_real_global_behind_memoised_strings(tmp_path, marker):
+    """A protocol-4 pickle whose module string comes back from the memo is refused under its real name."""
+    data = pickle.dumps([_Shell("true"), _Shell("true"), {"os": "system"}], protocol=4)
+    names = pickle_globals(data)
+    assert len(names) == 1 and names[0].endswith(".system") and names[0].split(".")[0] in ("posix", "nt", "os")
+    torch.save({"w": torch.zeros(1), "x": [_Shell(f"touch {marker}"), _Shell(f"touch {marker}")]}, tmp_path / "x.pt")
+    with pytest.raises(UnsafePickleError, match=rf"it asks for {SYSTEM}, which") as error:
+        load_torch_weights(tmp_path / "x.pt")
+    assert_refused(error.value, marker)

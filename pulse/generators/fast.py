@@ -49,6 +49,7 @@ uses it unchanged, and the layered interface (``num_blocks``, ``block_rows``, ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from pulse.autobatch import is_out_of_memory
 from pulse.device_cache import cached
 from pulse.generators.stylegan import (
     FUSED_UPSAMPLE_MIN_SIDE,
+    INSTANCE_NORM_EPS,
     LRELU_SLOPE,
     ConstantInputBlock,
     LayerEpilogue,
@@ -73,7 +75,6 @@ from pulse.generators.stylegan import (
 
 log = logging.getLogger(__name__)
 
-INSTANCE_NORM_EPS = 1e-5  # F.instance_norm's default, as in the faithful port
 # Upsampling layers with a smaller output side run as the reference does (nearest or fused transposed
 # conv, then blur). Default: all of them. Measured on a 2-core CPU at 1024 px, the polyphase form was
 # slower overall: from 128 px on it needs 4 x 9 taps per input pixel where the transposed conv needs
@@ -200,10 +201,12 @@ class _LayerSpec:
         kind: ``"const"`` (the 4x4 constant, no convolution), ``"conv"`` (3x3), ``"up"`` (polyphase x2) or
             ``"up_ref"`` (the input is already the reference upsampling's output, see :data:`POLYPHASE_MIN_SIDE`).
         fused: for ``"up"``/``"up_ref"``, whether the reference uses the transposed-convolution variant.
+        instance_norm_eps: added to the variance, as the faithful port's epilogue does (1e-5 or 1e-8).
     """
 
     kind: str
     fused: bool = False
+    instance_norm_eps: float = INSTANCE_NORM_EPS
 
 
 _CHUNK_ELEMENTS = 2**20  # ~4 MiB float32 temporaries: below glibc's mmap threshold, so reused, not page-faulted
@@ -290,7 +293,7 @@ class _StyledConv(torch.autograd.Function):
 
         y = leaky_relu(z + noise_weight * noise, 0.2)              # in place in z
         mean, var = per-channel statistics of y                     # [B, C]
-        a = (1 + scale) * rsqrt(var + 1e-5);  c = shift - mean * a  # instance norm + style as one affine
+        a = (1 + scale) * rsqrt(var + eps);  c = shift - mean * a   # instance norm + style as one affine
         out = y * a + c                                             # or toRGB(out) = (W a) y + (W c + b)
 
     Backward (``g`` the output gradient; ``xhat = (y - mean) * rstd``)::
@@ -338,7 +341,7 @@ class _StyledConv(torch.autograd.Function):
             y = z.addcmul_(noise, noise_weight.view(1, -1, 1, 1))
         F.leaky_relu_(y, LRELU_SLOPE)
         mean, var = _channel_stats(y)
-        rstd = torch.rsqrt(var + INSTANCE_NORM_EPS)
+        rstd = torch.rsqrt(var + spec.instance_norm_eps)
         a = (scale + 1.0) * rstd
         # out = a * (y - mean) + shift, centred chunk by chunk: folding the mean into the offset
         # (a * y + (shift - a * mean)) cancels catastrophically when |mean| >> std, as happens in
@@ -490,7 +493,7 @@ class _FastLayer(nn.Module):
 
     def __init__(self, spec: _LayerSpec, epilogue: LayerEpilogue, **tensors: torch.Tensor | None) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec = dataclasses.replace(spec, instance_norm_eps=epilogue.instance_norm_eps)
         self.channels = epilogue.noise.weight.numel()
         lin = epilogue.style_mod.lin
         with torch.no_grad():
@@ -608,6 +611,7 @@ class FastStyleGANGenerator(nn.Module):
         self.latent_dim = generator.latent_dim
         self.noise_shapes: list[tuple[int, ...]] = list(generator.noise_shapes)
         self.default_bad_noise_layers = tuple(generator.default_bad_noise_layers)
+        self.instance_norm_eps = generator.instance_norm_eps
         self.channels_last_setting = channels_last
         self.channels_last = False
         self.register_buffer("mean", generator.mean.detach().clone())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +38,11 @@ LRELU_SLOPE = 0.2
 INVERSE_LRELU_SLOPE = 5.0
 # The official network switches from "nearest upsample + conv" to a fused transposed conv at this output size.
 FUSED_UPSAMPLE_MIN_SIDE = 128
+# Instance-norm epsilon: official PULSE's port uses nn.InstanceNorm2d's default 1e-5, and PULSE's published
+# numbers were made with it; NVIDIA's TensorFlow StyleGAN adds 1e-8. At 1024 px the two give images about
+# 5e-4 apart (docs/generators.md); ``instance_norm_eps`` picks one.
+INSTANCE_NORM_EPS = 1e-5
+NVIDIA_INSTANCE_NORM_EPS = 1e-8
 # Random-init images have std ~1.4; this brings the synthetic generator's output to about [-1, 1].
 SYNTHETIC_RGB_SCALE = 0.35
 WEIGHTS_HINT = (
@@ -49,6 +55,16 @@ WEIGHTS_HINT = (
 def noise_shapes(num_layers: int) -> list[tuple[int, int, int]]:
     """Per-sample noise shapes ``(1, r, r)``: two layers per resolution, ``r = 4, 4, 8, 8, 16, ...``."""
     return [(1, 2 ** (i // 2 + 2), 2 ** (i // 2 + 2)) for i in range(num_layers)]
+
+
+def check_instance_norm_eps(eps: float) -> float:
+    """``eps`` as a float if it is a finite number > 0, else a one-line ``ValueError``."""
+    value = float(eps)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"instance_norm_eps must be a finite number > 0 (1e-5: official PULSE, 1e-8: NVIDIA), got {eps!r}"
+        )
+    return value
 
 
 def _new_weight(*shape: int, std: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -208,17 +224,22 @@ class StyleModulation(nn.Module):
 
 
 class LayerEpilogue(nn.Module):
-    """What follows every convolution: noise -> leaky ReLU(0.2) -> instance norm -> style. Shape kept."""
+    """What follows every convolution: noise -> leaky ReLU(0.2) -> instance norm -> style. Shape kept.
 
-    def __init__(self, channels: int, dlatent_size: int) -> None:
+    ``instance_norm_eps`` is added to the variance (see :data:`INSTANCE_NORM_EPS`); it is a setting, not a
+    weight, so it is not in the state dict.
+    """
+
+    def __init__(self, channels: int, dlatent_size: int, instance_norm_eps: float = INSTANCE_NORM_EPS) -> None:
         super().__init__()
+        self.instance_norm_eps = check_instance_norm_eps(instance_norm_eps)
         self.noise = NoiseInjection(channels)
         self.style_mod = StyleModulation(dlatent_size, channels)
 
     def forward(self, x: torch.Tensor, dlatent: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         x = self.noise(x, noise)
         x = F.leaky_relu(x, LRELU_SLOPE)
-        x = F.instance_norm(x, eps=1e-5)  # nn.InstanceNorm2d defaults: no affine, no running stats
+        x = F.instance_norm(x, eps=self.instance_norm_eps)  # no affine, no running stats (nn.InstanceNorm2d's)
         return self.style_mod(x, dlatent)
 
 
@@ -230,13 +251,13 @@ class LayerEpilogue(nn.Module):
 class ConstantInputBlock(nn.Module):
     """The 4x4 block: learned constant (+ bias), epilogue, 3x3 conv, epilogue. Output ``[B, C, 4, 4]``."""
 
-    def __init__(self, channels: int, dlatent_size: int) -> None:
+    def __init__(self, channels: int, dlatent_size: int, instance_norm_eps: float = INSTANCE_NORM_EPS) -> None:
         super().__init__()
         self.const = nn.Parameter(torch.ones(1, channels, 4, 4))
         self.bias = nn.Parameter(torch.ones(channels))
-        self.epi1 = LayerEpilogue(channels, dlatent_size)
+        self.epi1 = LayerEpilogue(channels, dlatent_size, instance_norm_eps)
         self.conv = EqualizedConv2d(channels, channels, 3, gain=math.sqrt(2))
-        self.epi2 = LayerEpilogue(channels, dlatent_size)
+        self.epi2 = LayerEpilogue(channels, dlatent_size, instance_norm_eps)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         with torch.no_grad():
@@ -254,12 +275,14 @@ class ConstantInputBlock(nn.Module):
 class UpsamplingBlock(nn.Module):
     """One doubling: upsample-conv, epilogue, 3x3 conv, epilogue. ``[B, in, r, r] -> [B, out, 2r, 2r]``."""
 
-    def __init__(self, in_channels: int, out_channels: int, dlatent_size: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, dlatent_size: int, instance_norm_eps: float = INSTANCE_NORM_EPS
+    ) -> None:
         super().__init__()
         self.conv0_up = UpsampleConv2d(in_channels, out_channels, gain=math.sqrt(2))
-        self.epi1 = LayerEpilogue(out_channels, dlatent_size)
+        self.epi1 = LayerEpilogue(out_channels, dlatent_size, instance_norm_eps)
         self.conv1 = EqualizedConv2d(out_channels, out_channels, 3, gain=math.sqrt(2))
-        self.epi2 = LayerEpilogue(out_channels, dlatent_size)
+        self.epi2 = LayerEpilogue(out_channels, dlatent_size, instance_norm_eps)
 
     def forward(self, x: torch.Tensor, dlatents: torch.Tensor, noise: Sequence[torch.Tensor | None]) -> torch.Tensor:
         x = self.epi1(self.conv0_up(x), dlatents[:, 0], noise[0])
@@ -275,6 +298,8 @@ class Synthesis(nn.Module):
             ``min(int(fmap_base / 2**((s - 1) * fmap_decay)), fmap_max)``.
         dlatent_size: size of one style vector ``w`` (512).
         num_channels: output colour channels (3).
+        instance_norm_eps: added to each instance norm's variance: 1e-5 (official PULSE, the default) or
+            1e-8 (NVIDIA's StyleGAN); see :data:`INSTANCE_NORM_EPS`.
 
     Attributes:
         num_layers: ``L = 2 * log2(R) - 2`` style/noise layers (18 at 1024 px).
@@ -288,6 +313,7 @@ class Synthesis(nn.Module):
         fmap_max: int = 512,
         dlatent_size: int = 512,
         num_channels: int = 3,
+        instance_norm_eps: float = INSTANCE_NORM_EPS,
     ) -> None:
         super().__init__()
         log2 = int(round(math.log2(resolution))) if resolution > 0 else 0
@@ -300,10 +326,12 @@ class Synthesis(nn.Module):
         self.resolution = resolution
         self.dlatent_size = dlatent_size
         self.num_layers = 2 * log2 - 2
-        blocks: dict[str, nn.Module] = {"4x4": ConstantInputBlock(channels_at(1), dlatent_size)}
+        self.instance_norm_eps = check_instance_norm_eps(instance_norm_eps)
+        eps = self.instance_norm_eps
+        blocks: dict[str, nn.Module] = {"4x4": ConstantInputBlock(channels_at(1), dlatent_size, eps)}
         for level in range(3, log2 + 1):
             blocks[f"{2**level}x{2**level}"] = UpsamplingBlock(
-                channels_at(level - 2), channels_at(level - 1), dlatent_size
+                channels_at(level - 2), channels_at(level - 1), dlatent_size, eps
             )
         # Registered before ``blocks`` so the state-dict key order also matches the official files.
         self.torgb = EqualizedConv2d(channels_at(log2 - 1), num_channels, 1, gain=1.0)
@@ -490,7 +518,11 @@ def cached_gaussian_fit(
 
 
 def random_networks(
-    resolution: int = 32, fmap_base: int = 256, fmap_max: int = 32, seed: int = 0
+    resolution: int = 32,
+    fmap_base: int = 256,
+    fmap_max: int = 32,
+    seed: int = 0,
+    instance_norm_eps: float = INSTANCE_NORM_EPS,
 ) -> tuple[Synthesis, Mapping]:
     """Seeded random synthesis and mapping networks, initialised as :meth:`StyleGANGenerator.synthetic` says.
 
@@ -498,7 +530,9 @@ def random_networks(
     speed comparisons feed the same random weights to pulse and to the official code.
     """
     rng = torch.Generator().manual_seed(seed)
-    synthesis = Synthesis(resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max)
+    synthesis = Synthesis(
+        resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max, instance_norm_eps=instance_norm_eps
+    )
     mapping = Mapping()
     for module in (*synthesis.modules(), *mapping.modules()):
         if hasattr(module, "reset_parameters"):
@@ -529,6 +563,101 @@ def load_into(module: nn.Module, path: Path) -> None:
         module.load_state_dict(state)
     except RuntimeError as error:
         raise RuntimeError(f"{path} does not match the {type(module).__name__} layout: {error}") from error
+
+
+def _listed(keys: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def layout_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """How ``state`` differs from ``module``'s state dict (missing, unexpected keys, shapes), or ``None``."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} is {list(state[k].shape)}, expected {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {_listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_listed(unexpected)}")
+    if wrong:
+        parts.append(_listed(wrong, 2))
+    return "; ".join(parts) or None
+
+
+def _load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: Path, how: str) -> None:
+    """Strict load, or a one-line ``RuntimeError`` naming the file, the layout and the first differences."""
+    problem = layout_mismatch(module, state)
+    if problem is not None:
+        raise RuntimeError(f"{path} does not match the {type(module).__name__} layout {how}: {problem}")
+    module.load_state_dict(state)
+
+
+def synthesis_layout(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """:class:`Synthesis` constructor arguments read off a synthesis state dict's tensor shapes.
+
+    Resolution from the largest ``blocks.RxR`` block, style size from the 4x4 style layer, colour channels
+    from ``torgb``, and ``fmap_base``/``fmap_max`` from the feature maps of each block (StyleGAN v1's rule
+    ``min(fmap_base / 2**stage, fmap_max)``, ``fmap_decay`` 1 as in all of NVIDIA's networks).
+
+    Raises:
+        RuntimeError: a required tensor is missing, or the feature maps follow no such rule (one line).
+    """
+    sides = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)x\1\.", k))})
+    needed = ["blocks.4x4.const", "blocks.4x4.epi1.style_mod.lin.weight", "torgb.weight"]
+    absent = [k for k in needed if k not in state]
+    if absent:
+        raise RuntimeError(f"not a StyleGAN (v1) synthesis state dict: no {_listed(absent)}")
+    resolution = sides[-1]
+    log2 = int(round(math.log2(resolution)))
+    expected_sides = [2**level for level in range(2, log2 + 1)]
+    if sides != expected_sides:
+        gaps = [f"blocks.{r}x{r}" for r in expected_sides if r not in sides]
+        raise RuntimeError(f"synthesis blocks must double from 4 px to {resolution} px; no {_listed(gaps)}")
+    # Feature maps of the block of side 2**level are those of "stage" level - 1 (the 4x4 block: stage 1).
+    channels = {1: int(state["blocks.4x4.const"].shape[1])}
+    for level in range(3, log2 + 1):
+        key = f"blocks.{2**level}x{2**level}.conv1.weight"
+        if key not in state:
+            raise RuntimeError(f"not a StyleGAN (v1) synthesis state dict: no {key}")
+        channels[level - 1] = int(state[key].shape[0])
+    fmap_max = max(channels.values())
+    # int(fmap_base / 2**stage) == c means fmap_base >= c * 2**stage: the largest such bound is the candidate.
+    bounds = [c * 2**stage for stage, c in channels.items() if c < fmap_max]
+    fmap_base = max(bounds) if bounds else fmap_max * 2 ** max(channels)
+    rule = {stage: min(int(fmap_base / 2.0**stage), fmap_max) for stage in channels}
+    if rule != channels:
+        found = ", ".join(f"{2 ** (stage + 1)}px: {c}" for stage, c in sorted(channels.items()))
+        raise RuntimeError(f"synthesis feature maps ({found}) follow no min(fmap_base / 2**stage, fmap_max) rule")
+    return {
+        "resolution": resolution,
+        "fmap_base": fmap_base,
+        "fmap_max": fmap_max,
+        "dlatent_size": int(state["blocks.4x4.epi1.style_mod.lin.weight"].shape[1]),
+        "num_channels": int(state["torgb.weight"].shape[0]),
+    }
+
+
+def mapping_layout(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """:class:`Mapping` constructor arguments read off a mapping state dict (``dense0.weight`` ... shapes).
+
+    Raises:
+        RuntimeError: the dense layers are not ``dense0 .. denseN`` with 2-d weights (one line).
+    """
+    dense = sorted(int(m.group(1)) for k in state if (m := re.fullmatch(r"dense(\d+)\.weight", k)))
+    if not dense or dense != list(range(len(dense))) or any(state[f"dense{i}.weight"].dim() != 2 for i in dense):
+        raise RuntimeError(f"not a StyleGAN (v1) mapping state dict: dense layers {dense}, expected dense0 .. denseN")
+    first, last = state["dense0.weight"], state[f"dense{dense[-1]}.weight"]
+    return {
+        "latent_size": int(first.shape[1]),
+        "dlatent_size": int(last.shape[0]),
+        "mapping_layers": len(dense),
+        "mapping_fmaps": int(first.shape[0]) if len(dense) > 1 else int(last.shape[0]),
+    }
 
 
 def load_gaussian_fit(path: Path) -> dict[str, torch.Tensor]:
@@ -583,6 +712,11 @@ class StyleGANGenerator(GaussianisedLatent):
         self.noise_shapes: list[tuple[int, ...]] = list(noise_shapes(self.num_latents))
         self.eval()
 
+    @property
+    def instance_norm_eps(self) -> float:
+        """The epsilon of every instance norm (1e-5 official PULSE, 1e-8 NVIDIA; see :data:`INSTANCE_NORM_EPS`)."""
+        return self.synthesis.instance_norm_eps
+
     def synthesize(self, style: torch.Tensor, noise: Sequence[torch.Tensor | None] | None) -> torch.Tensor:
         """``style [B, L, 512]``, noise ``[B, 1, r_i, r_i]`` each -> ``[B, 3, R, R]`` in about [-1, 1]."""
         return self.synthesis(style, noise)
@@ -612,6 +746,7 @@ class StyleGANGenerator(GaussianisedLatent):
         fmap_max: int = 32,
         seed: int = 0,
         fit_samples: int = 20000,
+        instance_norm_eps: float = INSTANCE_NORM_EPS,
     ) -> StyleGANGenerator:
         """Small StyleGAN with seeded random weights (the official init), for tests and quick experiments.
 
@@ -620,8 +755,9 @@ class StyleGANGenerator(GaussianisedLatent):
         would make the noise inputs inert, so here they are drawn ``|N(0, 0.1**2)|`` per channel; and
         ``torgb``, scaled by ``SYNTHETIC_RGB_SCALE`` so images lie mostly in [-1, 1] like a trained model's.
         The Gaussian fit comes from an equally seeded random mapping network (``fit_samples`` draws).
+        ``instance_norm_eps`` changes the arithmetic, not the weights.
         """
-        synthesis, mapping = random_networks(resolution, fmap_base, fmap_max, seed)
+        synthesis, mapping = random_networks(resolution, fmap_base, fmap_max, seed, instance_norm_eps)
         fit = gaussian_fit(mapping, num_samples=fit_samples, seed=seed, progress=False)
         return cls(synthesis, fit)
 
@@ -630,21 +766,27 @@ class StyleGANGenerator(GaussianisedLatent):
         cls,
         cache_dir: str | Path | None = None,
         fit_samples: int = 1_000_000,
-        resolution: int = 1024,
-        fmap_base: int = 8192,
-        fmap_max: int = 512,
+        resolution: int | None = None,
+        fmap_base: int | None = None,
+        fmap_max: int | None = None,
         progress: bool = True,
+        instance_norm_eps: float = INSTANCE_NORM_EPS,
     ) -> StyleGANGenerator:
-        """The official PULSE FFHQ weights from ``cache_dir`` (default ``cache_dir()/stylegan_ffhq``).
+        """StyleGAN (v1) weights (official PULSE FFHQ or converted) from ``cache_dir`` (``cache_dir()/stylegan_ffhq``).
 
         Reads ``synthesis.pt`` (required) and ``gaussian_fit.pt`` if present, otherwise ``mapping.pt``
         and a cached :func:`gaussian_fit` over ``fit_samples`` draws (seed 0). Never downloads.
-        ``resolution``/``fmap_*`` exist so tests can round-trip small configurations.
+        Both networks are built from the files' own tensor shapes (:func:`synthesis_layout`,
+        :func:`mapping_layout`), so networks converted from other NVIDIA pickles (another resolution,
+        feature-map rule or mapping width) load too; ``resolution``/``fmap_*``, when given, are checked
+        against the file instead. ``instance_norm_eps``: 1e-5 (official PULSE, default) or 1e-8 (NVIDIA's
+        StyleGAN, which these weights were trained with); see :data:`INSTANCE_NORM_EPS`.
 
         Raises:
             FileNotFoundError: ``synthesis.pt`` missing, or both ``gaussian_fit.pt`` and ``mapping.pt``.
-            RuntimeError: a file is not a plain state dict, or does not match the network layout.
+            RuntimeError: a file is not a plain state dict, or does not match the network layout (one line).
         """
+        eps = check_instance_norm_eps(instance_norm_eps)
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "stylegan_ffhq"
         synthesis_path, fit_path, mapping_path = (folder / n for n in ("synthesis.pt", "gaussian_fit.pt", "mapping.pt"))
         missing = []
@@ -656,12 +798,35 @@ class StyleGANGenerator(GaussianisedLatent):
             raise FileNotFoundError(
                 f"StyleGAN weights missing in {folder}: {' and '.join(missing)}. To obtain them, {WEIGHTS_HINT}."
             )
-        synthesis = Synthesis(resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max)
-        load_into(synthesis, synthesis_path)
+        state = load_tensor_dict(synthesis_path)
+        given = {"resolution": resolution, "fmap_base": fmap_base, "fmap_max": fmap_max}
+        if all(value is None for value in given.values()):
+            try:
+                layout = synthesis_layout(state)
+            except RuntimeError as error:
+                raise RuntimeError(f"{synthesis_path}: {error}") from None
+            how = "read from its shapes"
+        else:
+            layout = {"resolution": 1024, "fmap_base": 8192, "fmap_max": 512}
+            layout.update({k: v for k, v in given.items() if v is not None})
+            how = "asked for (" + ", ".join(f"{k}={v}" for k, v in layout.items()) + ")"
+        synthesis = Synthesis(**layout, instance_norm_eps=eps)
+        _load_checked(synthesis, state, synthesis_path, how)
         if fit_path.is_file():
             fit = load_gaussian_fit(fit_path)
         else:
-            mapping = Mapping()
-            load_into(mapping, mapping_path)
+            mapping_state = load_tensor_dict(mapping_path)
+            try:
+                mapping = Mapping(**mapping_layout(mapping_state))
+            except RuntimeError as error:
+                raise RuntimeError(f"{mapping_path}: {error}") from None
+            _load_checked(mapping, mapping_state, mapping_path, "read from its shapes")
             fit = cached_gaussian_fit(mapping, num_samples=fit_samples, seed=0, progress=progress)
+        size = synthesis.dlatent_size
+        for name in ("mean", "std"):
+            if fit[name].numel() != size:
+                source = fit_path if fit_path.is_file() else mapping_path
+                raise RuntimeError(
+                    f"{source} gives {fit[name].numel()} style values, but {synthesis_path.name} takes {size}"
+                )
         return cls(synthesis, fit)

@@ -451,6 +451,16 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     try:
         channels = {4: int(state["input.input"].shape[1])}
         rgb = sorted(int(m.group(1)) for k in state if (m := re.fullmatch(r"to_rgbs\.(\d+)\.conv\.weight", k)))
+        convs = {int(m.group(1)) for k in state if (m := re.fullmatch(r"convs\.(\d+)\.conv\.weight", k))}
+        # Every block of a 'skip' generator has a toRGB; convs 2i, 2i + 1 belong to to_rgbs.i.
+        absent = [f"to_rgbs.{i}" for i in range(max(convs, default=-1) // 2 + 1) if i not in rgb]
+        if "to_rgb1.conv.weight" not in state:
+            absent.insert(0, "to_rgb1")
+        if absent:
+            raise RuntimeError(
+                f"not a 'skip' StyleGAN2 generator: no {', '.join(absent[:6])}{' ...' if len(absent) > 6 else ''} "
+                "(every resolution needs its toRGB layer)"
+            )
         for index in rgb:
             channels[2 ** (index + 3)] = int(state[f"to_rgbs.{index}.conv.weight"].shape[2])
         dense = [k for k in state if re.fullmatch(r"style\.\d+\.weight", k)]
@@ -682,7 +692,26 @@ def nvidia_to_rosinality(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
             f"unsupported tensors in the NVIDIA pickle (only unconditional config-f 'skip' generators are "
             f"supported): {', '.join(sorted(unknown)[:6])}{' ...' if len(unknown) > 6 else ''}"
         )
+    _refuse_orig_architecture(tensors)
     return out
+
+
+def _refuse_orig_architecture(tensors: dict[str, torch.Tensor]) -> None:
+    """A one-line ``RuntimeError`` for generators whose blocks lack a toRGB (``architecture='orig'``).
+
+    stylegan2-ada-pytorch's 'skip' blocks (config-f) each add their toRGB output to the upsampled image of
+    the block before; 'orig' blocks have a toRGB at the last resolution only, which is another network.
+    """
+    sides = sorted({int(m.group(1)) for k in tensors if (m := re.match(r"synthesis\.b(\d+)\.", k))})
+    with_rgb = {int(m.group(1)) for k in tensors if (m := re.match(r"synthesis\.b(\d+)\.torgb\.", k))}
+    absent = [f"synthesis.b{side}.torgb" for side in sides if side not in with_rgb]
+    if absent:
+        kind = "an 'orig' architecture generator" if with_rgb == {sides[-1]} else "a generator"
+        raise RuntimeError(
+            f"unsupported NVIDIA pickle: {kind} without {', '.join(absent[:6])}{' ...' if len(absent) > 6 else ''} "
+            f"(toRGB only at {', '.join(f'b{s}' for s in sorted(with_rgb)) or 'no block'}); only unconditional "
+            "config-f 'skip' generators are supported"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

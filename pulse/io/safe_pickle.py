@@ -165,27 +165,76 @@ NUMPY_ALLOWED: Mapping[tuple[str, str], object] = MappingProxyType(_numpy_allowe
 """Allow-list for plain containers of numpy arrays / scalars / dtypes and ``collections.OrderedDict``."""
 
 
+_MARK = object()  # a MARK on the simulated stack
+_OTHER = object()  # any value that is not a string or a global's name
+
+
+class _GlobalName(str):
+    """A ``module.name`` a global opcode produced (a string on the simulated stack that is not data)."""
+
+
+def _globals_of_one_pickle(ops: Any, names: list[str]) -> None:
+    """Simulate the stack and memo of one pickle just far enough to name every global it asks for.
+
+    ``STACK_GLOBAL`` (protocol 4+) takes its module and name from the stack, and pickles reuse strings
+    through the memo (``MEMOIZE``/``PUT``, then ``GET``), so the two strings pushed last are not always the
+    ones it reads: ``torch._utils`` is written once and fetched from the memo for every later tensor.
+    Only strings are tracked; every other value is a placeholder, and marks delimit ``TUPLE``/``DICT``/...
+    """
+    stack: list[Any] = []
+    memo: dict[int, Any] = {}
+    for opcode, arg, _ in ops:
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            value: Any = _GlobalName(".".join(str(arg).split(" ", 1)))
+            names.append(value)
+        elif name == "STACK_GLOBAL":
+            parts = stack[-2:] if len(stack) >= 2 else []
+            value = (
+                _GlobalName(".".join(parts))
+                if len(parts) == 2 and all(isinstance(p, str) and not isinstance(p, _GlobalName) for p in parts)
+                else _GlobalName("an unnamed global")
+            )
+            names.append(value)
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            value = memo.get(int(arg), _OTHER)
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = stack[-1] if stack else _OTHER
+            continue
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else _OTHER
+            continue
+        elif isinstance(arg, str) and "UNICODE" in name:
+            value = arg
+        else:
+            value = _OTHER
+        # Pop what the opcode consumes (up to and including the topmost MARK when it takes a mark).
+        before = opcode.stack_before
+        if pickletools.markobject in before:
+            while stack and stack.pop() is not _MARK:
+                pass
+            del stack[len(stack) - min(len(stack), before.index(pickletools.markobject)) :]
+        else:
+            del stack[len(stack) - min(len(stack), len(before)) :]
+        for produced in opcode.stack_after:
+            stack.append(_MARK if produced is pickletools.markobject else value)
+
+
 def pickle_globals(data: bytes) -> list[str]:
     """The ``module.name`` globals the pickles in ``data`` ask for, in order, read without running anything.
 
-    Covers ``GLOBAL``/``INST`` (protocols 0-3) and ``STACK_GLOBAL`` (4+, whose two names are the strings
-    pushed just before it); reading stops quietly at the first malformed opcode.
+    Covers ``GLOBAL``/``INST`` (protocols 0-3) and ``STACK_GLOBAL`` (4+, whose module and name are the two
+    values on top of the stack, pushed as strings or fetched from the memo); reading stops quietly at the
+    first malformed opcode.
     """
     names: list[str] = []
     stream = io.BytesIO(data)
     while stream.tell() < len(data):
-        strings: list[str] = []
         try:
-            for opcode, arg, _ in pickletools.genops(stream):
-                if opcode.name in ("GLOBAL", "INST"):
-                    names.append(".".join(str(arg).split(" ", 1)))
-                elif opcode.name == "STACK_GLOBAL":
-                    names.append(".".join(strings[-2:]) if len(strings) >= 2 else "an unnamed global")
-                elif isinstance(arg, str) and "UNICODE" in opcode.name:
-                    strings.append(arg)
+            _globals_of_one_pickle(pickletools.genops(stream), names)
         except Exception:  # malformed or not a pickle: report what was found so far
             break
-    return list(dict.fromkeys(names))
+    return [str(name) for name in dict.fromkeys(names)]
 
 
 def _unsafe_torch_globals(data: bytes) -> list[str]:
