@@ -104,13 +104,18 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
 
 
+# zlib level of written PNGs. Lossless at any level; 1 instead of PIL's 6 wrote a 2048x1024 run grid in 0.42 s
+# instead of 1.22 s on a 2-core CPU (22% larger file): seconds of a short 1024 px run's end.
+PNG_COMPRESS_LEVEL = 1
+
+
 def save_image(image: torch.Tensor, path: str | Path) -> None:
     """Write ``[3, H, W]`` in [0, 1] as an 8-bit PNG, atomically (a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = to_uint8(image)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: DDP ranks share the folder
-    Image.fromarray(array).save(tmp)
+    Image.fromarray(array).save(tmp, compress_level=PNG_COMPRESS_LEVEL)
     tmp.replace(path)
 
 

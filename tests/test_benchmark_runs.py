@@ -270,3 +270,18 @@ def test_whole_runs_mode_runs_run_py_for_both_paths_with_the_allocator_env(bench
     assert "time(fast) / time(eager): s/step 1.00 [1.00-1.00]" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         benchmark_script.parse_args(["--whole-runs", "--generator", "dcgan"])
+
+
+def test_images_are_written_losslessly_at_the_fast_zlib_level(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pulse.data import PNG_COMPRESS_LEVEL, save_image, to_uint8
+
+    image = torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(0))
+    save_image(image, tmp_path / "a.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), to_uint8(image))
+    assert PNG_COMPRESS_LEVEL == 1
+    slow = tmp_path / "slow.png"
+    Image.fromarray(to_uint8(image)).save(slow)  # PIL's default level 6
+    assert (tmp_path / "a.png").read_bytes() != slow.read_bytes()  # the level is applied
