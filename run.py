@@ -82,18 +82,19 @@ def build_data(cfg: DictConfig, generator: Any) -> Any:
     return instantiate(cfg.data)
 
 
-def build_solver(cfg: DictConfig) -> tuple[Any, Any]:
+def build_solver(cfg: DictConfig, generator: Any = None) -> tuple[Any, Any]:
     """The generator and the solver the config names (``configs/solver/*.yaml`` give the solver's factory).
 
     The factory gets the run's components as keyword arguments (see :mod:`pulse.solvers`), so a new solver
-    needs its module and its config, not a change here.
+    needs its module and its config, not a change here. ``generator``: search this one instead of building
+    the config's (``scripts/benchmark.py`` times the run's step on the eager port and its fast path).
     """
     from pulse.generators.base import check_generator
     from pulse.solvers.base import check_solver
 
     if "_target_" not in cfg.solver:
         raise ValueError("the solver config names no _target_ (its factory); see configs/solver/pulse.yaml")
-    generator = check_generator(instantiate(cfg.generator))
+    generator = check_generator(instantiate(cfg.generator) if generator is None else generator)
     solver = instantiate(
         cfg.solver,
         _convert_="all",
@@ -202,3 +203,9 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    # Done (Hydra returns after the run or the whole sweep; errors exit before this): skip the interpreter's
+    # teardown of torch and Lightning, seconds of a short CPU run (pulse.runtime.exit_without_teardown).
+    if os.environ.get("PULSE_FULL_TEARDOWN") != "1":
+        from pulse.runtime import exit_without_teardown
+
+        exit_without_teardown(0)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ HR_DIFFERENCE_NOTE = (
     "max|dHR| compares the two searches' best images; spherical Adam's first steps are about lr * sign(grad), "
     "so rounding-level gradient differences grow over steps: the generator output difference measures the function"
 )
+# make_solver(generator, total_steps) -> a solver with ``solve(lr, callback=...)`` (see time_search)
+SolverFactory = Callable[[Generator, int], Any]
 PEAK_MEMORY_NOTES = {
     "cuda": "torch.cuda.max_memory_allocated, reset before each measurement",
     "cpu": "process peak RSS (getrusage ru_maxrss): a high-water mark since the process started (models included); "
@@ -108,13 +111,17 @@ class StepProfile:
     ceiling: float | None = None
 
 
-def profile_step(generator: Generator, lr_images: torch.Tensor, seed: int = 0) -> StepProfile:
+def profile_step(
+    generator: Generator, lr_images: torch.Tensor, seed: int = 0, make_solver: SolverFactory | None = None
+) -> StepProfile:
     """Profile the second step of a two-step CPU search of ``lr_images`` (the first one warms up)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     profiler = profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=1, repeat=1))
     with profiler:
-        (step,), _ = time_search(generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step)
+        (step,), _ = time_search(
+            generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step, make_solver=make_solver
+        )
     convolution_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if "conv" in event.key)
     return StepProfile(step_s=step, convolution_s=convolution_us / 1e6, convolution_share=convolution_us / 1e6 / step)
 
@@ -141,6 +148,7 @@ def time_search(
     steps: int,
     seed: int = 0,
     on_step: Callable[[], Any] | None = None,
+    make_solver: SolverFactory | None = None,
 ) -> tuple[list[float], torch.Tensor]:
     """Seconds of each of ``steps`` solver steps after ``warmup`` untimed ones.
 
@@ -148,6 +156,9 @@ def time_search(
         generator: the generator searched (on its device).
         lr_images: ``[B, 3, h, w]`` targets in [0, 1]; ``B`` is the batch measured.
         on_step: called after each step's time stamp (e.g. a profiler's ``step``).
+        make_solver: ``make_solver(generator, total_steps)`` builds the solver timed, e.g. the one ``run.py``
+            builds from its config (``scripts/benchmark.py`` does that). ``None``: a default
+            :class:`~pulse.solvers.pulse.PulseSolver` with no noise layer zeroed.
 
     Returns:
         The step durations and the search's best images ``[B, 3, R, R]`` (on the CPU).
@@ -155,8 +166,11 @@ def time_search(
     if warmup < 1 or steps < 1:
         raise ValueError(f"need warmup >= 1 and steps >= 1, got {warmup} and {steps}")
     device = next(iter((*generator.parameters(), *generator.buffers()))).device  # type: ignore[attr-defined]
-    # No noise layer is zeroed: the default (layer 17) would not exist in small generators.
-    settings = SearchSettings(steps=warmup + steps, bad_noise_layers=(), seed=seed)
+    if make_solver is None:
+        # No noise layer is zeroed: the default (layer 17) would not exist in small generators.
+        solver = PulseSolver(generator, settings=SearchSettings(steps=warmup + steps, bad_noise_layers=(), seed=seed))
+    else:
+        solver = make_solver(generator, warmup + steps)
     stamps: list[float] = []
 
     def stamp(info: StepInfo) -> None:
@@ -168,7 +182,7 @@ def time_search(
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result = PulseSolver(generator, settings=settings).solve(lr_images.to(device), callback=stamp)
+    result = solver.solve(lr_images.to(device), callback=stamp)
     # stamps[warmup - 1] closes the last warm-up step; the timed steps follow it.
     return [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:], strict=True)], result.hr
 
@@ -268,6 +282,7 @@ def run_benchmark(
     fast_autocast: torch.dtype | None = None,
     profile: bool = False,
     float64_reference: bool = False,
+    make_solver: SolverFactory | None = None,
 ) -> BenchmarkReport:
     """Measure both paths at every batch size (fast first, then eager; same seeds and targets).
 
@@ -285,6 +300,7 @@ def run_benchmark(
             (:class:`StepProfile`, in ``report.profile``).
         float64_reference: also measure each path's distance from a float64 evaluation
             (:func:`float64_distances`; float32 only, so ``fast_autocast`` and ``fast_tf32`` do not apply).
+        make_solver: how each path's solver is built (see :func:`time_search`); both paths get the same.
     """
     if rounds < 1:
         raise ValueError(f"need rounds >= 1, got {rounds}")
@@ -326,7 +342,7 @@ def run_benchmark(
                 log(f"batch {batch}: fast{suffix} ...")
                 reset_peak_memory(device)
                 with precision(device.type, fast_tf32, fast_autocast):
-                    durations, hr = time_search(fast, targets, warmup, steps)
+                    durations, hr = time_search(fast, targets, warmup, steps, make_solver=make_solver)
                 fast_steps += durations
                 fast_hr = hr if fast_hr is None else fast_hr
                 if round_index == 0 or device.type == "cuda":
@@ -334,7 +350,7 @@ def run_benchmark(
             log(f"batch {batch}: eager{suffix} ...")
             reset_peak_memory(device)
             with precision(device.type):
-                durations, hr = time_search(eager, targets, warmup, steps)
+                durations, hr = time_search(eager, targets, warmup, steps, make_solver=make_solver)
             eager_steps += durations
             eager_hr = hr if eager_hr is None else eager_hr
             eager_peak = max(eager_peak, peak_memory_mb(device))
@@ -354,10 +370,10 @@ def run_benchmark(
         targets = torch.rand(batches[0], 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batches[0]))
         log(f"batch {batches[0]}: profiling one step of each path ...")
         with precision(device.type):
-            report.profile = {"eager": profile_step(eager, targets)}
+            report.profile = {"eager": profile_step(eager, targets, make_solver=make_solver)}
         if fast is not None:
             with precision(device.type, fast_tf32, fast_autocast):
-                report.profile["fast"] = profile_step(fast, targets)
+                report.profile["fast"] = profile_step(fast, targets, make_solver=make_solver)
         for measured in report.profile.values():
             measured.ceiling = report.profile["eager"].step_s / measured.convolution_s
     return report
@@ -427,3 +443,332 @@ def format_report(report: BenchmarkReport) -> str:
     if any(row.max_abs_diff_hr is not None for row in report.results):
         lines.append(HR_DIFFERENCE_NOTE)
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole processes: what a user waits for (start-up, search, end-of-run work, shutdown)
+# --------------------------------------------------------------------------------------------------
+
+# Google Drive ids the official PULSE code downloads its weights from (PULSE.py), and the files they are.
+OFFICIAL_WEIGHT_IDS = {
+    "1TCViX1YpQyRsklTVYEJwdbmK91vklCo8": "synthesis.pt",
+    "14R6iHGf5iuVx3DMNsACAl7eBr7Vdpd0k": "mapping.pt",
+}
+
+
+@dataclass
+class Spread:
+    """Median, minimum and maximum of repeated measurements (``values`` in measurement order)."""
+
+    median: float
+    min: float
+    max: float
+    values: list[float]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            raise ValueError("a spread needs at least one value")
+        return cls(statistics.median(values), min(values), max(values), list(values))
+
+    def text(self, spec: str = ".2f") -> str:
+        return f"{self.median:{spec}} [{self.min:{spec}}-{self.max:{spec}}]"
+
+
+@dataclass
+class ProcessTiming:
+    """One program measured by whole runs of ``short`` and ``long`` steps, ``repeats`` times each.
+
+    ``step_wall_s`` is ``(wall(long) - wall(short)) / (long - short)`` per repeat: the seconds one more step
+    costs a user, whatever happens before and after the search. ``step_program_s`` is the same difference of
+    the program's own search timer (``None`` when it reports none). ``startup_s`` is ``wall(short) - short *
+    step_wall_s``: imports, model loading, end-of-run work and shutdown of a ``short``-step run.
+    """
+
+    name: str
+    short: int
+    long: int
+    wall_short_s: Spread
+    wall_long_s: Spread
+    step_wall_s: Spread
+    step_program_s: Spread | None
+    startup_s: Spread
+
+
+@dataclass
+class ProcessCommand:
+    """How to run one program for ``steps`` steps: its command, working folder, and how to read its own timer.
+
+    ``program_seconds(stdout, out_dir)`` returns the search time the program itself measured, or ``None``.
+    """
+
+    argv: list[str]
+    cwd: Path
+    out_dir: Path
+    program_seconds: Callable[[str, Path], float | None]
+
+
+def write_random_official_weights(
+    folder: str | os.PathLike[str],
+    resolution: int = 1024,
+    fmap_base: int = 8192,
+    fmap_max: int = 512,
+    seed: int = 0,
+    fit_samples: int = 20000,
+) -> Path:
+    """Seeded random StyleGAN weights in the official layout: ``synthesis.pt``, ``mapping.pt``, ``gaussian_fit.pt``.
+
+    Both pulse (``StyleGANGenerator.pretrained(cache_dir=folder)``) and the official code read these files, so
+    the two run the same network. The Gaussian fit comes from ``fit_samples`` draws of the random mapping (the
+    official code's 1,000,000 would only cost start-up time that neither program pays with a fit on disk).
+    Files already there are kept (the same arguments write the same files).
+    """
+    from pulse.generators.stylegan import gaussian_fit, random_networks
+
+    folder = Path(folder)
+    names = ("synthesis.pt", "mapping.pt", "gaussian_fit.pt")
+    if all((folder / name).is_file() for name in names):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    synthesis, mapping = random_networks(resolution, fmap_base, fmap_max, seed)
+    fit = gaussian_fit(mapping, num_samples=fit_samples, seed=seed, progress=False)
+    for name, state in zip(names, (synthesis.state_dict(), mapping.state_dict(), fit), strict=True):
+        torch.save({key: value.detach().clone() for key, value in state.items()}, folder / name)
+    return folder
+
+
+def write_random_input(folder: str | os.PathLike[str], side: int = 16, seed: int = 0) -> Path:
+    """One seeded random RGB PNG ``input.png`` of ``side`` px in ``folder`` (the search target of both programs)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = torch.randint(0, 256, (side, side, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    path = folder / "input.png"
+    Image.fromarray(pixels.numpy()).save(path)
+    return path
+
+
+def pulse_run_command(
+    run_py: Path,
+    generator: str,
+    weights: Path,
+    inputs: Path,
+    out_dir: Path,
+    steps: int,
+    extra: Sequence[str] = (),
+    generator_args: dict[str, Any] | None = None,
+) -> ProcessCommand:
+    """``python run.py`` searching ``inputs`` (a folder of LR images) with ``generator`` on ``weights``, batch 1.
+
+    ``generator`` is ``stylegan_ffhq`` or ``stylegan_ffhq_fast``; ``generator_args`` are further arguments of
+    ``StyleGANGenerator.pretrained`` (``resolution``, ``fmap_base``, ``fmap_max`` for smaller random networks).
+    Reads the program's own timer from ``results.csv`` (``seconds``, summed over the run's samples).
+    """
+    prefix = "generator.generator" if generator.endswith("_fast") else "generator"
+    argv = [
+        sys.executable,
+        str(run_py),
+        f"generator={generator}",
+        f"{prefix}.cache_dir={weights}",
+        *(f"+{prefix}.{key}={value}" for key, value in (generator_args or {}).items()),
+        "data=folder",
+        f"data.path={inputs}",
+        f"solver.steps={steps}",
+        "batch_size=1",
+        "trainer=cpu",
+        "progress=false",
+        f"hydra.run.dir={out_dir}",
+        *extra,
+    ]
+    return ProcessCommand(argv, run_py.parent, out_dir, lambda stdout, out: results_csv_seconds(out))
+
+
+def results_csv_seconds(out_dir: Path) -> float | None:
+    """The ``seconds`` of every row of ``out_dir/results.csv`` summed (``None`` without the file)."""
+    import csv
+
+    path = Path(out_dir) / "results.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        return sum(float(row["seconds"]) for row in csv.DictReader(handle))
+
+
+def official_run_command(
+    driver: Path, official: Path, weights: Path, inputs: Path, out_dir: Path, steps: int
+) -> ProcessCommand:
+    """The official PULSE ``run.py`` on the CPU through ``driver`` (``scripts/official_cpu.py``), batch 1.
+
+    Runs in ``out_dir``, where the driver puts the Gaussian fit the official code reads from its working folder.
+    Reads the program's own timer from its ``time: X`` line.
+    """
+    argv = [
+        sys.executable,
+        str(driver),
+        "--official",
+        str(official),
+        "--weights",
+        str(weights),
+        "--",
+        "-input_dir",
+        str(inputs),
+        "-output_dir",
+        str(out_dir / "runs"),
+        "-cache_dir",
+        str(out_dir / "cache"),
+        "-steps",
+        str(steps),
+        "-seed",
+        "1",
+    ]
+    return ProcessCommand(argv, out_dir, out_dir, lambda stdout, out: official_seconds(stdout))
+
+
+def official_seconds(stdout: str) -> float | None:
+    """The search time the official code prints (``... | time: 12.3 | it/s: ...``), or ``None``."""
+    import re
+
+    found = re.findall(r"\|\s*time:\s*([0-9.]+)\s*\|", stdout)
+    return float(found[-1]) if found else None
+
+
+def run_process(command: ProcessCommand, env: dict[str, str], timeout: float) -> tuple[float, float | None]:
+    """Run ``command`` to its end: (wall seconds from start to exit, the program's own search seconds).
+
+    Raises:
+        RuntimeError: the program failed; the message names it and ends with its last output lines.
+    """
+    import subprocess
+
+    command.out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    finished = subprocess.run(
+        command.argv, cwd=command.cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    wall = time.perf_counter() - start
+    if finished.returncode != 0:
+        tail = "\n".join((finished.stdout + finished.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(command.argv[:3])} ... exited with {finished.returncode}:\n{tail}")
+    return wall, command.program_seconds(finished.stdout, command.out_dir)
+
+
+def measure_processes(
+    programs: dict[str, Callable[[int, Path], ProcessCommand]],
+    work_dir: Path,
+    short: int = 2,
+    long: int = 12,
+    repeats: int = 3,
+    env: dict[str, str] | None = None,
+    timeout: float = 900.0,
+    log: Callable[[str], Any] = lambda message: None,
+) -> dict[str, ProcessTiming]:
+    """Whole runs of every program, ``short`` and ``long`` steps, interleaved, ``repeats`` times.
+
+    Repeat ``r`` runs the programs in turn (reversed on odd repeats, so drift in the machine's load falls
+    on both sides), each short then long: A B, B A, A B, ... Every run is a fresh process.
+
+    Args:
+        programs: ``{name: make(steps, out_dir) -> ProcessCommand}``.
+        work_dir: each run writes under ``work_dir/<name>/<steps>_<repeat>``.
+        env: the environment of every run (e.g. ``os.environ`` plus :func:`pulse.runtime.allocator_environment`).
+    """
+    if not 1 <= short < long:
+        raise ValueError(f"need 1 <= short < long steps, got short={short}, long={long}")
+    if repeats < 1:
+        raise ValueError(f"need repeats >= 1, got {repeats}")
+    env = dict(os.environ if env is None else env)
+    walls: dict[str, dict[int, list[float]]] = {name: {short: [], long: []} for name in programs}
+    timers: dict[str, dict[int, list[float | None]]] = {name: {short: [], long: []} for name in programs}
+    names = list(programs)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            for steps in (short, long):
+                command = programs[name](steps, Path(work_dir) / name / f"{steps}_{repeat}")
+                log(f"repeat {repeat + 1}/{repeats}: {name}, {steps} steps ...")
+                wall, program_s = run_process(command, env, timeout)
+                walls[name][steps].append(wall)
+                timers[name][steps].append(program_s)
+                log(f"  {wall:.1f} s wall" + ("" if program_s is None else f", {program_s:.1f} s by its own timer"))
+    timings = {}
+    for name in names:
+        step_wall = [(b - a) / (long - short) for a, b in zip(walls[name][short], walls[name][long], strict=True)]
+        pairs = list(zip(timers[name][short], timers[name][long], strict=True))
+        step_program = None
+        if all(a is not None and b is not None for a, b in pairs):
+            step_program = Spread.of([(b - a) / (long - short) for a, b in pairs])  # type: ignore[operator]
+        startup = [wall - short * step for wall, step in zip(walls[name][short], step_wall, strict=True)]
+        timings[name] = ProcessTiming(
+            name=name,
+            short=short,
+            long=long,
+            wall_short_s=Spread.of(walls[name][short]),
+            wall_long_s=Spread.of(walls[name][long]),
+            step_wall_s=Spread.of(step_wall),
+            step_program_s=step_program,
+            startup_s=Spread.of(startup),
+        )
+    return timings
+
+
+def ratio_spread(numerator: Spread, denominator: Spread) -> Spread:
+    """Ratios of paired measurements (repeat by repeat), as a spread: median of the ratios, not ratio of medians."""
+    return Spread.of([a / b for a, b in zip(numerator.values, denominator.values, strict=True)])
+
+
+def format_process_timings(timings: dict[str, ProcessTiming], ratios: Sequence[tuple[str, str]] = ()) -> str:
+    """A table of :func:`measure_processes`'s results, then ``a/b`` ratios of per-step and start-up times.
+
+    Values are ``median [min-max]`` over the repeats.
+    """
+    first = next(iter(timings.values()))
+    lines = [
+        f"{len(first.step_wall_s.values)} repeats, whole processes of {first.short} and {first.long} steps; "
+        f"median [min-max]; s/step = (wall({first.long}) - wall({first.short})) / {first.long - first.short}",
+        f"{'program':<22} {'wall ' + str(first.short) + ' steps':>20} {'wall ' + str(first.long) + ' steps':>20} "
+        f"{'s/step (wall)':>20} {'s/step (own timer)':>20} {'start-up s':>20}",
+    ]
+    for name, timing in timings.items():
+        program = "null" if timing.step_program_s is None else timing.step_program_s.text(".3f")
+        lines.append(
+            f"{name:<22} {timing.wall_short_s.text('.1f'):>20} {timing.wall_long_s.text('.1f'):>20} "
+            f"{timing.step_wall_s.text('.3f'):>20} {program:>20} {timing.startup_s.text('.1f'):>20}"
+        )
+    for a, b in ratios:
+        step = ratio_spread(timings[a].step_wall_s, timings[b].step_wall_s)
+        startup = ratio_spread(timings[a].startup_s, timings[b].startup_s)
+        whole = ratio_spread(timings[a].wall_short_s, timings[b].wall_short_s)
+        lines.append(
+            f"time({a}) / time({b}): s/step {step.text()}, start-up {startup.text()}, "
+            f"whole {first.short}-step run {whole.text()}"
+        )
+    return "\n".join(lines)
+
+
+def step_description(solver: Any) -> dict[str, Any]:
+    """What one search step of ``solver`` computes, as comparable plain values (for checking two builds agree).
+
+    Solver class and settings (steps, eps, noise type, trainable and zeroed noise layers, schedule, ...), the
+    loss's terms and weights, the optimizer factory and its arguments, the downscale operator, the generator.
+    """
+    import dataclasses
+    import functools
+
+    optimizer = solver.optimizer
+    if isinstance(optimizer, functools.partial):
+        optimizer_text = (
+            getattr(optimizer.func, "__qualname__", repr(optimizer.func)),
+            tuple(getattr(a, "__qualname__", repr(a)) for a in optimizer.args),
+            dict(sorted(optimizer.keywords.items())),
+        )
+    else:
+        optimizer_text = (repr(optimizer), (), {})
+    downscale = solver.downscale
+    return {
+        "solver": type(solver).__qualname__,
+        "settings": dataclasses.asdict(solver.settings),
+        "loss": (type(solver.loss).__qualname__, dict(solver.loss.weights), solver.loss.eps),
+        "optimizer": optimizer_text,
+        "downscale": getattr(downscale, "__qualname__", None) or repr(downscale),
+        "generator": type(solver.generator).__qualname__,
+    }

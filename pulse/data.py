@@ -128,6 +128,11 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return array[..., 0] if image.shape[0] == 1 else array
 
 
+# zlib level of written PNGs. Lossless at any level; 1 instead of PIL's 6 wrote a 2048x1024 run grid in 0.42 s
+# instead of 1.22 s on a 2-core CPU (22% larger file): seconds of a short 1024 px run's end.
+PNG_COMPRESS_LEVEL = 1
+
+
 def save_image(image: torch.Tensor, path: str | Path, bits: int = 8) -> None:
     """Write ``[3, H, W]`` (RGB) or ``[1, H, W]`` (mode L) in [0, 1] as a PNG, atomically.
 
@@ -146,7 +151,7 @@ def save_image(image: torch.Tensor, path: str | Path, bits: int = 8) -> None:
         levels = (image[0].detach().double().clamp(0, 1).cpu().numpy() * 65535.0).round().astype(np.uint16)
         picture = Image.fromarray(levels)  # PIL stores uint16 arrays as mode I;16
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # per process: DDP ranks share the folder
-    picture.save(tmp)
+    picture.save(tmp, compress_level=PNG_COMPRESS_LEVEL)
     tmp.replace(path)
 
 

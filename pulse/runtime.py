@@ -17,8 +17,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from collections.abc import Iterator
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,41 @@ def tune_cpu_allocator(top_pad: int = 1 << 30, trim_threshold: int = (1 << 31) -
     if not applied:
         log.warning("glibc refused the allocator settings; CPU searches at high resolution may run slower")
     return applied
+
+
+def allocator_environment(top_pad: int = 1 << 30, trim_threshold: int = (1 << 31) - 1) -> dict[str, str]:
+    """The environment variables that give a new process :func:`tune_cpu_allocator`'s settings from its start.
+
+    glibc reads ``MALLOC_*_`` variables when the process starts, so a program that cannot call ``mallopt``
+    itself (the official PULSE code) gets the same allocator as pulse, and a pulse process gets it before
+    torch is imported (``tune_cpu_allocator`` then changes nothing). Same arguments as ``tune_cpu_allocator``.
+    """
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD_MAX),
+        "MALLOC_MMAP_MAX_": "0",
+        "MALLOC_TRIM_THRESHOLD_": str(trim_threshold),
+        "MALLOC_TOP_PAD_": str(top_pad),
+    }
+
+
+def exit_without_teardown(code: int = 0) -> NoReturn:
+    """End the process now, skipping the interpreter's teardown of loaded modules and libraries.
+
+    ``atexit`` handlers still run (loggers, multiprocessing, W&B), then logging and standard streams are
+    flushed, then ``os._exit``. What is skipped is freeing every module object and unloading torch's native
+    libraries, which a finished run does not need: after importing torch and Lightning it took 4-6 s of a
+    2-core CPU under load (2.2 s on a quiet one), against 0.1 s for this. Call it only when the program is done.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to write to
+            pass
+    os._exit(code)
 
 
 def set_tf32(enabled: bool) -> None:

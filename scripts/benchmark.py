@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Seconds per PULSE step, faithful eager generator against the fast path, in one run.
+"""Seconds per PULSE step, faithful eager generator against the fast path.
 
     python scripts/benchmark.py [--generator stylegan|dcgan|stylegan3] [--resolution 1024] [--batch 1,4,8]
                                 [--steps 3] [--warmup 1] [--device cpu|cuda] [--compile]
                                 [--channels-last auto|on|off] [--pretrained] [--json PATH] [--quick]
+                                [--set KEY=VALUE ...] [--isolate] [--whole-runs --short 2 --long 12]
 
 Prints s/step, steps/s, images/min and peak memory per path and batch size, the fast/eager ratio
 of steps/s, and how far the fast path's results are from the eager ones. StyleGAN uses seeded random
@@ -12,23 +13,50 @@ reads the official weights from the cache. ``--quick`` is a seconds-long correct
 narrow feature maps, one timed step). The logic lives in :mod:`pulse.benchmark`.
 ``--generator stylegan3`` times the plain-torch StyleGAN3 (``--stylegan3-config T|R``, NVIDIA's channel counts,
 seeded random weights; eager only, there is no fast path for it).
+
+The step timed is the one ``run.py`` runs: the solver comes from ``run.py``'s own config composition and
+``build_solver`` (solver, loss, optimizer, schedule, downscale, noise layers; ``--set loss=l2`` etc. are
+``run.py`` overrides). By default both paths are measured in this process, alternating; ``--isolate`` runs
+every measurement of a path in a fresh process (A B, B A, ...), so neither path inherits the other's heap.
+``--whole-runs`` times whole ``run.py`` processes instead (what a user waits for), short and long runs
+interleaved, s/step = (wall(long) - wall(short)) / (long - short), with the random weights written in the
+official layout. Every mode prints median [min-max] over its repeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from pulse.benchmark import BenchmarkReport, best_batches, format_report, run_benchmark  # noqa: E402
-from pulse.runtime import tune_cpu_allocator  # noqa: E402
+from pulse.benchmark import (  # noqa: E402
+    BenchmarkReport,
+    ProcessCommand,
+    Spread,
+    best_batches,
+    format_process_timings,
+    format_report,
+    measure_processes,
+    pulse_run_command,
+    run_benchmark,
+    time_search,
+    write_random_input,
+    write_random_official_weights,
+)
+from pulse.runtime import allocator_environment, tune_cpu_allocator  # noqa: E402
 
 FAST_ONLY_STYLEGAN = "the fast path exists for StyleGAN only (pulse.generators.fast.accelerate)"
 
@@ -92,6 +120,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="keep glibc's default malloc settings (run.py tunes them on the CPU; both paths always share the choice)",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run.py override for the solver timed (loss=l2, solver.num_trainable_noise_layers=0, ...); repeatable",
+    )
+    parser.add_argument("--isolate", action="store_true", help="each measurement of a path in its own process")
+    parser.add_argument("--whole-runs", action="store_true", help="time whole run.py processes (see the docstring)")
+    parser.add_argument("--short", type=int, default=2, help="--whole-runs: steps of the short run")
+    parser.add_argument("--long", type=int, default=12, help="--whole-runs: steps of the long run")
+    parser.add_argument("--only", choices=["eager", "fast"], default=None, help=argparse.SUPPRESS)  # --isolate child
     args = parser.parse_args(argv)
     if args.quick:
         args.resolution, args.fmap_base, args.fmap_max = 32, 256, 32
@@ -100,6 +141,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--steps, --warmup and --rounds must be >= 1, got {args.steps}, {args.warmup}, {args.rounds}")
     if args.profile and args.device != "cpu":
         parser.error("--profile measures CPU operator time; it is not available with --device cuda")
+    if args.whole_runs and (args.generator != "stylegan" or args.device != "cpu" or args.short >= args.long):
+        parser.error("--whole-runs times run.py's StyleGAN runs on the CPU and needs --short < --long")
+    if (args.isolate or args.whole_runs) and len(args.batch) > 1:
+        parser.error("--isolate and --whole-runs measure one batch size; give --batch N")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     return args
@@ -141,11 +186,133 @@ def build(args: argparse.Namespace):
     return eager, make_fast, None
 
 
-def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
+def run_config(overrides: Sequence[str] = ()) -> Any:
+    """``run.py``'s composed config (``configs/``) with ``overrides``, as Hydra gives it to ``run.py``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3", job_name="benchmark"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_solver_factory(overrides: Sequence[str] = ()):
+    """``make(generator, total_steps)``: the solver ``run.py`` builds (its ``build_solver``) around ``generator``."""
+    from omegaconf import open_dict
+
+    import run  # the command line's own module (ROOT is on sys.path)
+
+    cfg = run_config(overrides)
+
+    def make(generator, total_steps: int):
+        step_cfg = cfg.copy()
+        with open_dict(step_cfg):
+            step_cfg.solver.steps = total_steps
+        return run.build_solver(step_cfg, generator=generator)[1]
+
+    return make
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure_one_path(args: argparse.Namespace) -> dict[str, Any]:
+    """``--only PATH`` (an ``--isolate`` child): ``rounds`` measurements of that path in this process."""
+    eager, make_fast, unavailable = build(args)
+    eager = eager.to(args.device)
+    generator = eager if args.only == "eager" else make_fast(eager) if make_fast else None
+    if generator is None:
+        raise SystemExit(f"no fast path: {unavailable}")
+    lr_side = min(16, eager.resolution // 4)
+    del eager  # as in a run.py process of the fast path, only the generator searched stays alive
+    gc.collect()
+    batch = args.batch[0]
+    targets = torch.rand(batch, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(batch))
+    make_solver = run_solver_factory(args.overrides)
+    durations: list[float] = []
+    for _ in range(args.rounds):
+        measured, _ = time_search(generator, targets, args.warmup, args.steps, make_solver=make_solver)
+        durations += measured
+    return {"path": args.only, "batch": batch, "durations": durations}
+
+
+def isolated(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """``--isolate``: ``rounds`` fresh processes per path, alternating (fast eager, eager fast, ...)."""
+    child_argv = [a for a in argv if a != "--isolate"]
+    per_round: dict[str, list[float]] = {"fast": [], "eager": []}
+    with tempfile.TemporaryDirectory(prefix="pulse-bench-") as tmp:
+        for round_index in range(args.rounds):
+            for path in ("fast", "eager") if round_index % 2 == 0 else ("eager", "fast"):
+                out = Path(tmp) / f"{path}_{round_index}.json"
+                _log(f"round {round_index + 1}/{args.rounds}: {path} in its own process ...")
+                command = [sys.executable, __file__, *child_argv, "--only", path, "--rounds", "1", "--json", str(out)]
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                durations = json.loads(out.read_text())["durations"]
+                per_round[path].append(sorted(durations)[len(durations) // 2])  # the process's median step
+    spreads = {path: Spread.of(values) for path, values in per_round.items()}
+    ratio = Spread.of([f / e for f, e in zip(per_round["fast"], per_round["eager"], strict=True)])
+    print(
+        f"{args.generator} {args.resolution}px batch {args.batch[0]}, {args.rounds} processes per path "
+        f"({args.warmup} warm-up + {args.steps} timed steps each; each process's median step), median [min-max]"
+    )
+    for path, spread in spreads.items():
+        print(f"{path:>5}: {spread.text('.3f')} s/step")
+    print(f"fast s/step / eager s/step: {ratio.text()}")
+    return {"per_round": per_round, "ratio_fast_over_eager": dataclasses.asdict(ratio)}
+
+
+def whole_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--whole-runs``: whole ``run.py`` processes of both paths on random weights in the official layout."""
+    from pulse.io.cache import cache_dir
+
+    work = Path(tempfile.mkdtemp(prefix="pulse-runs-"))
+    generator_args: dict[str, Any] = {}
+    if args.pretrained:
+        weights = cache_dir() / "stylegan_ffhq"
+    else:
+        name = f"stylegan_random_{args.resolution}" + (
+            "" if args.resolution == 1024 else f"_{args.fmap_base}_{args.fmap_max}"
+        )
+        weights = write_random_official_weights(
+            cache_dir() / "benchmark" / name, args.resolution, args.fmap_base, args.fmap_max
+        )
+        if args.resolution != 1024:
+            generator_args = {"resolution": args.resolution, "fmap_base": args.fmap_base, "fmap_max": args.fmap_max}
+    inputs = write_random_input(work / "input", side=min(16, args.resolution // 4)).parent
+    env = dict(os.environ)
+    extra = [f"batch_size={args.batch[0]}", *args.overrides]
+    if args.allocator_tuning:
+        env.update(allocator_environment())
+    else:
+        env = {key: value for key, value in env.items() if not key.startswith("MALLOC_")}
+        extra.append("tune_cpu_allocator=false")
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+
+    def program(generator: str):
+        def make(steps: int, out_dir: Path) -> ProcessCommand:
+            return pulse_run_command(ROOT / "run.py", generator, weights, inputs, out_dir, steps, extra, generator_args)
+
+        return make
+
+    programs = {"eager": program("stylegan_ffhq"), "fast": program("stylegan_ffhq_fast")}
+    timings = measure_processes(programs, work, args.short, args.long, args.rounds, env, log=_log)
+    print(f"run.py, {args.resolution}px, batch {args.batch[0]}, weights {weights}, overrides {extra}")
+    print(format_process_timings(timings, [("fast", "eager")]))
+    return {name: dataclasses.asdict(timing) for name, timing in timings.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> BenchmarkReport | dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.whole_runs:
+        return _write_json(args, whole_runs(args))
+    if args.isolate:
+        return _write_json(args, isolated(args, argv))
     tuned = tune_cpu_allocator() if args.allocator_tuning and args.device == "cpu" else False
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.only is not None:
+        return _write_json(args, measure_one_path(args))
     eager, make_fast, unavailable = build(args)
     eager = eager.to(args.device)
     report = run_benchmark(
@@ -164,13 +331,15 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
             "cpu_allocator_tuned": tuned,
             "fast_tf32": args.tf32,
             "fast_bf16": args.bf16,
+            "run_overrides": list(args.overrides),
         },
-        log=lambda message: print(message, file=sys.stderr, flush=True),
+        log=_log,
         rounds=args.rounds,
         fast_tf32=args.tf32,
         fast_autocast=torch.bfloat16 if args.bf16 else None,
         profile=args.profile,
         float64_reference=args.float64_reference,
+        make_solver=run_solver_factory(args.overrides),
     )
     print(format_report(report))
     if args.json is not None:
@@ -179,6 +348,14 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
     return report
+
+
+def _write_json(args: argparse.Namespace, record: dict[str, Any]) -> dict[str, Any]:
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return record
 
 
 if __name__ == "__main__":

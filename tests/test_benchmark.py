@@ -38,6 +38,7 @@ def test_quick_run_writes_consistent_json(script, tmp_path, capsys):
         "cpu_allocator_tuned": False,
         "fast_tf32": False,
         "fast_bf16": False,
+        "run_overrides": [],
     }
     assert report["environment"]["torch"] and "load_average" in report["environment"]
     assert "ru_maxrss" in report["peak_memory_note"]

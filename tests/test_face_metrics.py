@@ -168,3 +168,38 @@ def test_face_columns_are_null_with_one_line_without_the_extra(monkeypatch):
     values = FaceMetrics()(fake_result(torch.stack([truth, truth]), [0, 0], [0, 1]), [Problem("a", truth, truth)])
     assert all(torch.isnan(column).all() for column in values.values.values())
     assert len(values.values) == 7 and list(values.notes.values()) == ["dlib is not installed; pip install x"]
+
+
+@needs_faces
+def test_skin_tone_alone_loads_no_recognition_network(monkeypatch):
+    """No ground truth and one search per input: only ita_sr applies, so no identity descriptor is computed."""
+    from pulse.metrics import faces as faces_module
+
+    truth = to_tensor(astronaut_face(), 64)
+    expected = FaceMetrics()(fake_result(truth[None], [0], [0]), [Problem("a", truth[:, ::4, ::4], truth)])
+
+    def refuse():
+        raise AssertionError("the recognition network was asked for")
+
+    monkeypatch.setattr(faces_module, "_recognition_model", refuse)
+    values = FaceMetrics()(fake_result(truth[None], [0], [0]), [Problem("a", truth[:, ::4, ::4], None)])
+    assert values.values["ita_sr"][0] == expected.values["ita_sr"][0]  # the same landmarks, the same tone
+    assert math.isnan(values.values["id_dist_hr"][0]) and math.isnan(values.values["id_distinct"][0])
+    with pytest.raises(AssertionError, match="recognition network"):  # with ground truth it is needed
+        FaceMetrics()(fake_result(truth[None], [0], [0]), [Problem("a", truth[:, ::4, ::4], truth)])
+
+
+@needs_faces
+def test_ita_converts_only_the_skin_box_and_gives_the_whole_image_value():
+    from pulse.metrics.faces import face_landmarks
+    from pulse.metrics.skin import skin_mask
+
+    faces = torch.stack([to_tensor(astronaut_face(), 256), darker(to_tensor(astronaut_face(), 256))])
+    landmarks = face_landmarks(faces)
+    lab = srgb_to_lab(faces)  # the definition: CIELAB of every pixel, averaged over the skin mask
+    weight = skin_mask(landmarks.points, 256, 256).double().unsqueeze(1)
+    mean = (lab * weight).flatten(2).sum(2) / weight.flatten(1).sum(1, keepdim=True)
+    expected = ita_of_lab(mean[:, 0], mean[:, 2])
+    from pulse.metrics import ita
+
+    assert torch.allclose(ita(faces, landmarks), expected, rtol=0, atol=1e-9)

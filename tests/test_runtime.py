@@ -78,3 +78,27 @@ def test_tf32_switches_both_cuda_flags_and_the_context_restores_them():
         assert flags() == (False, False)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_exit_without_teardown_runs_atexit_and_flushes(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    marker = tmp_path / "atexit.txt"
+    program = textwrap.dedent(
+        f"""
+        import atexit, logging, sys
+        from pulse.runtime import exit_without_teardown
+        atexit.register(lambda: open({str(marker)!r}, "w").write("ran"))
+        logging.basicConfig(stream=sys.stderr)
+        logging.getLogger("x").warning("logged")
+        print("buffered line")  # stdout is a pipe here: block-buffered until flushed
+        exit_without_teardown(3)
+        print("never")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "buffered line\n" and "logged" in done.stderr
+    assert marker.read_text() == "ran"

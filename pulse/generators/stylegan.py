@@ -517,6 +517,34 @@ def cached_gaussian_fit(
 # --------------------------------------------------------------------------------------------------
 
 
+def random_networks(
+    resolution: int = 32,
+    fmap_base: int = 256,
+    fmap_max: int = 32,
+    seed: int = 0,
+    instance_norm_eps: float = INSTANCE_NORM_EPS,
+) -> tuple[Synthesis, Mapping]:
+    """Seeded random synthesis and mapping networks, initialised as :meth:`StyleGANGenerator.synthetic` says.
+
+    Their state dicts are in the official PULSE layout (``synthesis.pt``, ``mapping.pt``), which is what lets
+    speed comparisons feed the same random weights to pulse and to the official code.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    synthesis = Synthesis(
+        resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max, instance_norm_eps=instance_norm_eps
+    )
+    mapping = Mapping()
+    for module in (*synthesis.modules(), *mapping.modules()):
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters(rng)
+        if isinstance(module, NoiseInjection):
+            with torch.no_grad():
+                module.weight.copy_(_new_weight(*module.weight.shape, std=0.1, generator=rng).abs())
+    with torch.no_grad():
+        synthesis.torgb.weight.mul_(SYNTHETIC_RGB_SCALE)
+    return synthesis, mapping
+
+
 def load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
     """A ``{name: tensor}`` file read with ``weights_only=True`` on the CPU; clear errors otherwise."""
     try:
@@ -733,19 +761,7 @@ class StyleGANGenerator(GaussianisedLatent):
         The Gaussian fit comes from an equally seeded random mapping network (``fit_samples`` draws).
         ``instance_norm_eps`` changes the arithmetic, not the weights.
         """
-        rng = torch.Generator().manual_seed(seed)
-        synthesis = Synthesis(
-            resolution=resolution, fmap_base=fmap_base, fmap_max=fmap_max, instance_norm_eps=instance_norm_eps
-        )
-        mapping = Mapping()
-        for module in (*synthesis.modules(), *mapping.modules()):
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters(rng)
-            if isinstance(module, NoiseInjection):
-                with torch.no_grad():
-                    module.weight.copy_(_new_weight(*module.weight.shape, std=0.1, generator=rng).abs())
-        with torch.no_grad():
-            synthesis.torgb.weight.mul_(SYNTHETIC_RGB_SCALE)
+        synthesis, mapping = random_networks(resolution, fmap_base, fmap_max, seed, instance_norm_eps)
         fit = gaussian_fit(mapping, num_samples=fit_samples, seed=seed, progress=False)
         return cls(synthesis, fit)
 

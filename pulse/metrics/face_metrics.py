@@ -61,13 +61,16 @@ class FaceMetrics:
         if reason is not None:
             return MetricValues(values=values, notes={_label(COLUMNS): reason})
         notes: dict[str, str] = {}
-        with torch.no_grad():
-            outputs = face_landmarks(result.hr, descriptors=True)
-            values["ita_sr"] = ita(result.hr, outputs)
-        assert outputs.descriptors is not None
-
         hr, known = ground_truth(result, problems)
+        several = int(result.duplicate_index.max()) >= 1
+        with torch.no_grad():
+            # Identity descriptors (dlib's recognition network, loaded on first use) only where a column uses
+            # them: a ground truth to compare with, or duplicates to compare among. Skin tone needs landmarks only.
+            outputs = face_landmarks(result.hr, descriptors=bool(known.any()) or several)
+            values["ita_sr"] = ita(result.hr, outputs)
+
         if known.any():
+            assert outputs.descriptors is not None
             # Duplicates share their input's ground truth: analyse each input's once.
             firsts = {}
             for s in torch.nonzero(known).flatten().tolist():
@@ -87,9 +90,10 @@ class FaceMetrics:
         else:
             notes[_label(TRUTH_COLUMNS)] = "no ground truth for these inputs (data=folder without data.factor)"
 
-        if int(result.duplicate_index.max()) < 1:
+        if not several:
             notes[_label(DUPLICATE_COLUMNS)] = "needs several searches per input (solver.duplicates >= 2)"
         else:
+            assert outputs.descriptors is not None
             for index in result.input_index.unique().tolist():
                 members = result.input_index == index
                 group = outputs.descriptors[members]

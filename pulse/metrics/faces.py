@@ -61,14 +61,21 @@ def faces_available() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _models() -> tuple[Any, Any, Any]:
-    """dlib's frontal detector, 68-point predictor and recognition network (loaded once)."""
+def _landmark_models() -> tuple[Any, Any]:
+    """dlib's frontal detector and 68-point predictor (loaded once, when landmarks are first asked for)."""
     dlib = require_dlib()
-    return (
-        dlib.get_frontal_face_detector(),
-        dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_68))),
-        dlib.face_recognition_model_v1(str(model_path(FACE_RECOGNITION_MODEL))),
-    )
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_68)))
+
+
+@lru_cache(maxsize=1)
+def _recognition_model() -> Any:
+    """dlib's face-recognition network (loaded once, only when descriptors are asked for: skin tone needs none)."""
+    return require_dlib().face_recognition_model_v1(str(model_path(FACE_RECOGNITION_MODEL)))
+
+
+def _models() -> tuple[Any, Any, Any]:
+    """dlib's frontal detector, 68-point predictor and recognition network (each loaded once)."""
+    return (*_landmark_models(), _recognition_model())
 
 
 @dataclass
@@ -104,7 +111,7 @@ def _shapes(images: torch.Tensor) -> list[tuple[np.ndarray, Any, bool, float]]:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
     dlib = require_dlib()
-    detector, predictor, _ = _models()
+    detector, predictor = _landmark_models()
     out = []
     for image in images:
         work, scale = _working_image(image)
@@ -123,7 +130,7 @@ def face_landmarks(images: torch.Tensor, descriptors: bool = False) -> FaceLandm
 
     With ``descriptors=True`` also the 128-d identity descriptors, from the same landmarks.
     """
-    network = _models()[2] if descriptors else None
+    network = _recognition_model() if descriptors else None
     points, detected, vectors = [], [], []
     for work, shape, found, scale in _shapes(images):
         xy = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)

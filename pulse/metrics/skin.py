@@ -145,11 +145,19 @@ def ita(images: torch.Tensor, landmarks: FaceLandmarks | None = None, regions: S
     """
     if landmarks is None:
         landmarks = face_landmarks(images)
-    lab = srgb_to_lab(images)
-    mask = skin_mask(landmarks.points, *images.shape[-2:], regions=regions).to(lab.device)
-    weight = mask.double().unsqueeze(1)
-    count = weight.flatten(1).sum(1)
-    mean = (lab * weight).flatten(2).sum(2) / count.clamp_min(1).unsqueeze(1)
+    mask = skin_mask(landmarks.points, *images.shape[-2:], regions=regions).to(images.device)
+    means, counts = [], []
+    for image, skin in zip(images, mask, strict=True):
+        # Only this face's skin box is converted (at 1024 px the rest is most of the image); per image, so a
+        # face's value does not depend on the other images of the batch.
+        rows, columns = torch.nonzero(skin.any(dim=1)), torch.nonzero(skin.any(dim=0))
+        if len(rows):
+            box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(columns[0]), int(columns[-1]) + 1))
+            image, skin = image[:, box[0], box[1]], skin[box[0], box[1]]
+        weight = skin.double()[None, None]
+        counts.append(weight.sum())
+        means.append((srgb_to_lab(image[None]) * weight).flatten(2).sum(2)[0] / counts[-1].clamp_min(1))
+    mean, count = torch.stack(means), torch.stack(counts)
     angle = ita_of_lab(mean[:, 0], mean[:, 2]).cpu()
     defined = (count > 0) & (mean[:, 2] >= MIN_B_STAR)  # no pixels, or no skin colour to measure
     return torch.where(defined.cpu(), angle, torch.full_like(angle, math.nan))
