@@ -17,6 +17,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from pulse.configured import build_solver  # noqa: F401 - also run.build_solver for scripts/benchmark.py
+
 if TYPE_CHECKING:
     from pulse.outputs import RunSummary
 
@@ -80,32 +82,6 @@ def build_data(cfg: DictConfig, generator: Any) -> Any:
     if target.endswith(("CelebAFaces", "ElevationPatches")):
         return instantiate(cfg.data, resolution=generator.resolution)
     return instantiate(cfg.data)
-
-
-def build_solver(cfg: DictConfig, generator: Any = None) -> tuple[Any, Any]:
-    """The generator and the solver the config names (``configs/solver/*.yaml`` give the solver's factory).
-
-    The factory gets the run's components as keyword arguments (see :mod:`pulse.solvers`), so a new solver
-    needs its module and its config, not a change here. ``generator``: search this one instead of building
-    the config's (``scripts/benchmark.py`` times the run's step on the eager port and its fast path).
-    """
-    from pulse.generators.base import check_generator
-    from pulse.solvers.base import check_solver
-
-    if "_target_" not in cfg.solver:
-        raise ValueError("the solver config names no _target_ (its factory); see configs/solver/pulse.yaml")
-    generator = check_generator(instantiate(cfg.generator) if generator is None else generator)
-    solver = instantiate(
-        cfg.solver,
-        _convert_="all",
-        generator=generator,
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        downscale=instantiate(cfg.downscale),
-        schedule=cfg.schedule.name,
-        seed=cfg.seed,
-    )
-    return generator, check_solver(solver)
 
 
 def objective_value(summary: RunSummary, objective: str) -> float | None:

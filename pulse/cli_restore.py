@@ -16,45 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def compose_config(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> Any:
-    """``configs/config.yaml`` composed with Hydra ``overrides`` (a ``DictConfig``); Hydra's message if one is bad."""
-    from hydra import compose, initialize_config_dir  # noqa: PLC0415 - only the command lines need Hydra
-
-    config_dir = Path(config_dir or CONFIG_DIR).resolve()
-    if not (config_dir / "config.yaml").is_file():
-        raise FileNotFoundError(
-            f"no config.yaml in {config_dir}: run from a source checkout of pulse or pass --config-dir"
-        )
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def build_solver_from_config(cfg: Any) -> tuple[Any, Any]:
-    """The generator and solver ``cfg`` names, built as ``run.py``'s ``build_solver`` does."""
-    from hydra.utils import instantiate  # noqa: PLC0415
-
-    from pulse.generators.base import check_generator
-    from pulse.solvers.base import check_solver
-
-    if "_target_" not in cfg.solver:
-        raise ValueError("the solver config names no _target_ (its factory); see configs/solver/pulse.yaml")
-    generator = check_generator(instantiate(cfg.generator))
-    solver = instantiate(
-        cfg.solver,
-        _convert_="all",
-        generator=generator,
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optimizer),
-        downscale=instantiate(cfg.downscale),
-        schedule=cfg.schedule.name,
-        seed=cfg.seed,
-    )
-    return generator, check_solver(solver)
+from pulse.configured import build_solver, compose_config
 
 
 def pick_device(name: str) -> str:
@@ -124,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         cfg = compose_config(overrides, args.config_dir)
-        generator, solver = build_solver_from_config(cfg)
+        generator, solver = build_solver(cfg)
         generator.to(pick_device(args.device))
         restorer = PhotoRestorer(
             solver,

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pulse.cli_restore import CONFIG_DIR, build_solver_from_config, compose_config, pick_device
+from pulse.cli_restore import pick_device
+from pulse.configured import CONFIG_DIR, build_solver, compose_config
 from pulse.restore import PhotoRestorer, PhotoResult
 
 DEMO_INSTALL = "pip install -e '.[demo]'"
@@ -76,7 +77,7 @@ class DemoBackend:
         if key not in self._solvers:
             overrides = [f"generator={self.generator_name}", f"solver={solver}", *self.overrides]
             overrides += [f"solver.duplicates={int(samples)}", f"solver.steps={int(steps)}"]
-            generator, built = build_solver_from_config(compose_config(overrides))
+            generator, built = build_solver(compose_config(overrides))
             generator.to(self.device)
             self._solvers = {key: built}  # one at a time: a 1024 px generator is large
         return self._solvers[key]

@@ -188,10 +188,9 @@ def build(args: argparse.Namespace):
 
 def run_config(overrides: Sequence[str] = ()) -> Any:
     """``run.py``'s composed config (``configs/``) with ``overrides``, as Hydra gives it to ``run.py``."""
-    from hydra import compose, initialize_config_dir
+    from pulse.configured import compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3", job_name="benchmark"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(overrides, ROOT / "configs")
 
 
 def run_solver_factory(overrides: Sequence[str] = ()):

@@ -177,10 +177,10 @@ def test_restore_files_skips_odd_files_and_goes_on(tmp_path):
 
 
 def test_overrides_choose_the_solver_as_run_py_does():
-    from pulse.cli_restore import build_solver_from_config, compose_config
+    from pulse.configured import build_solver, compose_config
     from pulse.solvers.ilo import ILOSolver
 
-    generator, solver = build_solver_from_config(compose_config(["solver=ilo", "solver.steps=7", "seed=3"]))
+    generator, solver = build_solver(compose_config(["solver=ilo", "solver.steps=7", "seed=3"]))
     assert isinstance(solver, ILOSolver) and solver.generator is generator and generator.resolution == 64
     assert solver.base.settings.steps == 7 and solver.base.settings.seed == 3
     restorer = PhotoRestorer(solver, scale=4, detector=lambda image: [], identity=False)
