@@ -154,7 +154,7 @@ def fetch_celeba(
     Raises:
         CelebAUnavailable: the download or the wheel failed (message says why).
     """
-    from pulse.io.fetch import DownloadError, pypi_file, verify_sha256
+    from pulse.io.fetch import DownloadError, pinned_pypi_file
 
     sha256 = sha256 or WHEEL_SHA256
     folder = Path(dest).expanduser() if dest is not None else celeba_dir()
@@ -162,20 +162,17 @@ def fetch_celeba(
         log(f"celeba: present, {count} photos in {folder}")
         return folder
     try:
-        if from_wheel is not None:
-            wheel = Path(from_wheel)
-            verify_sha256(wheel, sha256)
-        else:
-            wheel = pypi_file(
-                WHEEL_NAME,
-                WHEEL_VERSION,
-                sha256,
-                folder / WHEEL_FILE,
-                index_url=index_url,
-                fallback_urls=fallback_urls,
-                progress=progress,
-                timeout=timeout,
-            )
+        wheel = pinned_pypi_file(
+            WHEEL_NAME,
+            WHEEL_VERSION,
+            sha256,
+            folder / WHEEL_FILE,
+            local=from_wheel,
+            index_url=index_url,
+            fallback_urls=fallback_urls,
+            progress=progress,
+            timeout=timeout,
+        )
         photos, skipped = photos_from_wheel(wheel)
     except (DownloadError, OSError, ValueError) as error:
         raise CelebAUnavailable(f"CelebA photos not fetched: {' '.join(str(error).split())}") from error

