@@ -125,10 +125,12 @@ class RunSummary:
         return "pulse: " + ", ".join(parts) + f" -> {self.out_dir}"
 
     def note_lines(self) -> list[str]:
-        """One line per metric that has no value, saying why (recorded as null in the results)."""
-        return [
-            f"{name} unavailable: {reason}" for name, reason in self.notes.items() if self.metrics.get(name) is None
-        ]
+        """One line per reason, naming the metrics that have no value for it (recorded as null in the results)."""
+        names_by_reason: dict[str, list[str]] = {}
+        for name, reason in self.notes.items():
+            if self.metrics.get(name) is None:
+                names_by_reason.setdefault(reason, []).append(name)
+        return [f"{', '.join(names)} unavailable: {reason}" for reason, names in names_by_reason.items()]
 
 
 def _mean(values: Iterable[float]) -> float | None:

@@ -156,3 +156,25 @@ def test_grid_orders_samples_by_duplicate_number_not_file_name(tmp_path):
     tile_values = [float(v) for v in row.unique_consecutive()]
     sample_values = [v for v in tile_values if v > 0]
     assert sample_values == sorted(sample_values) and len(sample_values) >= 10
+
+
+def test_missing_metrics_sharing_a_reason_are_named_on_one_line():
+    from pulse.outputs import RunSummary
+
+    summary = RunSummary(
+        samples=2,
+        successes=1,
+        success_rate=0.5,
+        mean_downscale_error=0.1,
+        metrics={"psnr_hr": 20.0, "coverage_90": None, "pixel_std": None, "niqe": None},
+        notes={
+            "coverage_90": "needs several samples",
+            "niqe": "too small",
+            "pixel_std": "needs several samples",
+            "psnr_hr": "not shown: it has a value",
+        },
+    )
+    assert summary.note_lines() == [
+        "coverage_90, pixel_std unavailable: needs several samples",
+        "niqe unavailable: too small",
+    ]
