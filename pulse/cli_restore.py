@@ -52,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the solver's factor: aligned face side / LR side (default: --scale); native: LR faces as large as "
         "the faces in the photo",
     )
-    parser.add_argument("--background", default="bicubic", help="upscaler of the rest of the photo (bicubic)")
+    parser.add_argument(
+        "--background",
+        default="bicubic",
+        choices=["bicubic", "realesrgan"],
+        help="upscaler of the rest of the photo: bicubic, or realesrgan (pulse-fetch realesrgan first)",
+    )
     parser.add_argument("--feather", type=float, default=0.1, help="blend ramp, fraction of the face crop (0.1)")
     parser.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling: 2 finds smaller faces (1)")
     parser.add_argument(

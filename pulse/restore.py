@@ -7,8 +7,8 @@ The pipeline of GFPGAN/CodeFormer-style restorers, with a PULSE-family solver in
    *quad* (the oriented square it was cut from), and downscale it by ``face_factor`` with the paper's bicubic
    operator: that ``[3, R / face_factor, R / face_factor]`` image is the solver's low-resolution input;
 3. super-resolve all faces of the photo in one batch with any :class:`pulse.solvers.base.Solver`;
-4. upscale the whole photo by ``scale`` with a background method (``bicubic``; any callable
-   ``[3, H, W] -> [3, H', W']`` can be passed, which is where a Real-ESRGAN upscaler plugs in);
+4. upscale the whole photo by ``scale`` with a background method (``bicubic``, or ``realesrgan``: Real-ESRGAN
+   x4plus in tiles, after ``pulse-fetch realesrgan``; any callable ``[3, H, W] -> [3, H', W']`` can be passed);
 5. warp each result back with the inverse of its alignment transform (``grid_sample``, bilinear) and blend it in
    with a mask that fades to zero over the outer ``feather`` fraction of the quad.
 
@@ -27,6 +27,7 @@ looks at source position ``(p + 0.5) / scale - 0.5``; aligned pixel ``u`` of a q
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -54,8 +55,56 @@ def bicubic_upscale(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(photo[None].float(), size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 
-BACKGROUND_UPSCALERS: dict[str, BackgroundUpscaler] = {"bicubic": bicubic_upscale}
-# Real-ESRGAN belongs here once its baseline solver exists (issue #19): register a callable under "realesrgan".
+def tiled_upscale(
+    network: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, scale: int, tile: int = 256, overlap: int = 16
+) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, C, H * scale, W * scale]`` through ``network``, ``tile`` px at a time.
+
+    Each tile is run with ``overlap`` px of its neighbours around it and only its own part of the output is kept,
+    so memory stays bounded for whole photos; the result equals one full pass wherever the network's receptive
+    field is within ``overlap`` (for deep restorers, whose field is wider, it is the usual tiling approximation).
+    """
+    height, width = image.shape[-2:]
+    out = image.new_zeros(*image.shape[:-2], height * scale, width * scale)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
+            piece = network(image[..., t0 : min(bottom + overlap, height), l0 : min(right + overlap, width)])
+            out[..., top * scale : bottom * scale, left * scale : right * scale] = piece[
+                ..., (top - t0) * scale : (bottom - t0) * scale, (left - l0) * scale : (right - l0) * scale
+            ]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _realesrgan_network() -> tuple[torch.nn.Module, int, int]:
+    from pulse.io.realesrgan import realesrgan_weights
+    from pulse.solvers.baselines import load_restorer
+
+    network, scale, multiple, _ = load_restorer(realesrgan_weights())
+    return network.eval().requires_grad_(False), scale, multiple
+
+
+@torch.no_grad()
+def realesrgan_upscale(photo: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[3, H, W]`` -> ``[3, *size]``: Real-ESRGAN x4plus (``pulse-fetch realesrgan``; the ``solver=realesrgan``
+    weights), run in tiles and repeated until both sides reach ``size``, then resized to it (antialiased bicubic).
+
+    Raises:
+        pulse.io.realesrgan.RealESRGANUnavailable: the weights are not fetched (the message says how).
+    """
+    network, scale, multiple = _realesrgan_network()
+    network = network.to(photo.device)
+    image = photo[None].float()
+    while image.shape[-2] < size[0] or image.shape[-1] < size[1]:
+        height, width = image.shape[-2:]
+        padded = F.pad(image, (0, -width % multiple, 0, -height % multiple), mode="replicate")
+        image = tiled_upscale(network, padded, scale)[..., : height * scale, : width * scale].clamp(0, 1)
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
+BACKGROUND_UPSCALERS: dict[str, BackgroundUpscaler] = {"bicubic": bicubic_upscale, "realesrgan": realesrgan_upscale}
 
 
 def background_upscaler(method: str | BackgroundUpscaler) -> BackgroundUpscaler:
@@ -63,10 +112,7 @@ def background_upscaler(method: str | BackgroundUpscaler) -> BackgroundUpscaler:
     if callable(method):
         return method
     if method not in BACKGROUND_UPSCALERS:
-        raise ValueError(
-            f"unknown background method {method!r}; available: {', '.join(BACKGROUND_UPSCALERS)} "
-            "(realesrgan needs the Real-ESRGAN baseline, not in this build)"
-        )
+        raise ValueError(f"unknown background method {method!r}; available: {', '.join(BACKGROUND_UPSCALERS)}")
     return BACKGROUND_UPSCALERS[method]
 
 
@@ -274,7 +320,7 @@ class PhotoRestorer:
             as the faces are in the photo (:func:`native_face_factor`), so that the solver sees the photo's own
             detail, neither blurred by upsampling nor thrown away (e.g. 16 for 64 px faces and a 1024 px StyleGAN).
         detector: a :data:`FaceDetector`; default dlib (:class:`DlibFaceDetector`), built on first use.
-        background: ``"bicubic"`` or a :data:`BackgroundUpscaler`.
+        background: ``"bicubic"``, ``"realesrgan"`` or a :data:`BackgroundUpscaler`.
         feather: fraction of each quad's side over which the face fades into the background.
         supersample, padding: the FFHQ alignment's (:func:`pulse.align.align_face`).
         identity: compute ``id_dist`` (dlib's face descriptors, about 0.1 s per sample on a CPU); off: ``None``.

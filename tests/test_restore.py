@@ -15,6 +15,7 @@ from PIL import Image
 from pulse.align import align_face, ffhq_quad, keypoints_from_landmarks
 from pulse.downscale import BicubicDownscale
 from pulse.faces import dlib_available
+from pulse.io.cache import cache_dir
 from pulse.restore import (
     DetectedFace,
     PhotoRestorer,
@@ -25,6 +26,8 @@ from pulse.restore import (
     restore_files,
 )
 from tests.helpers import fake_result
+
+REAL_CACHE = cache_dir()  # read at import, before conftest points $PULSE_CACHE at a fresh folder per test
 
 # Five landmarks (eyes, nose, mouth corners) of an upright face centred near (70, 55) in a 150 x 110 photo.
 FIVE_POINTS = np.array([[58.0, 45.0], [82.0, 45.0], [70.0, 58.0], [60.0, 70.0], [80.0, 70.0]])
@@ -300,3 +303,40 @@ def test_native_face_factor_matches_the_lr_face_to_the_photo_face():
     assert result.face_factor == 4 and solver.inputs[-1].shape[-1] == 16  # a 16 px face: 16 px LR
     with pytest.raises(ValueError, match="positive integer or 'native'"):
         PhotoRestorer(solver, face_factor="auto")
+
+
+def test_tiled_upscale_equals_one_pass_where_the_overlap_covers_the_receptive_field():
+    from pulse.restore import tiled_upscale
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.Conv2d(12, 12, 3, padding=1), torch.nn.PixelShuffle(2)
+    ).eval()
+    image = torch.rand(1, 3, 23, 37)  # tiles of 8 do not divide either side
+    with torch.no_grad():
+        whole = network(image)
+        tiled = tiled_upscale(network, image, scale=2, tile=8, overlap=2)  # two 3x3 convs: radius 2
+        torn = tiled_upscale(network, image, scale=2, tile=8, overlap=0)
+    assert tiled.shape == whole.shape == (1, 3, 46, 74)
+    assert (tiled - whole).abs().max() < 1e-6
+    assert (torn - whole).abs().max() > 1e-3  # without overlap the tile borders show: the check can fail
+
+
+def test_realesrgan_background_is_the_network_at_x4_on_a_non_square_photo(monkeypatch):
+    from pulse.io.realesrgan import RealESRGANUnavailable
+
+    monkeypatch.setenv("PULSE_CACHE", str(REAL_CACHE))  # the fetched weights, if any
+
+    try:
+        from pulse.restore import _realesrgan_network, background_upscaler
+
+        network, scale, _ = _realesrgan_network()
+    except (RealESRGANUnavailable, ImportError) as error:
+        pytest.skip(f"Real-ESRGAN weights or spandrel missing: {error}")
+    photo = torch.rand(3, 20, 28, generator=torch.Generator().manual_seed(1))
+    upscaled = background_upscaler("realesrgan")(photo, (80, 112))
+    with torch.no_grad():
+        reference = network(photo[None])[0].clamp(0, 1)
+    assert scale == 4 and upscaled.shape == (3, 80, 112)
+    assert (upscaled - reference).abs().max() < 1e-4
+    assert background_upscaler("realesrgan")(photo, (120, 168)).shape == (3, 120, 168)  # x6: twice x4, then resized
