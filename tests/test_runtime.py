@@ -102,3 +102,24 @@ def test_exit_without_teardown_runs_atexit_and_flushes(tmp_path):
     assert done.returncode == 3
     assert done.stdout == "buffered line\n" and "logged" in done.stderr
     assert marker.read_text() == "ran"
+
+
+def test_exit_without_teardown_runs_the_threading_exit_hooks(tmp_path):
+    """joblib/loky stop their workers in a ``threading._register_atexit`` hook; skipping it left a Hydra joblib
+    sweep's workers alive for loky's 300 s idle timeout."""
+    import subprocess
+    import sys
+    import textwrap
+
+    marker = tmp_path / "threading_exit.txt"
+    program = textwrap.dedent(
+        f"""
+        import threading
+        from pulse.runtime import exit_without_teardown
+        threading._register_atexit(lambda: open({str(marker)!r}, "w").write("ran"))
+        exit_without_teardown(0)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "ran"
