@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pulse.configured import build_solver  # noqa: F401 - also run.build_solver for scripts/benchmark.py
+from pulse.configured import build_solver  # also reached as run.build_solver by scripts/benchmark.py
 
 if TYPE_CHECKING:
     from pulse.outputs import RunSummary

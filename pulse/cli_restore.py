@@ -6,8 +6,8 @@
 
 Arguments with ``=`` are Hydra overrides of ``configs/`` (the ones ``run.py`` takes: ``solver=``, ``generator=``,
 ``loss=``, ``solver.steps=``, ``seed=`` ...); the others are photos or folders of photos. The generator and solver
-are built from the composed config the way ``run.py`` builds them. This module is the only place of the restore
-pipeline that uses Hydra; the library (:mod:`pulse.restore`) takes a ready solver.
+are built from the composed config by :mod:`pulse.configured`, as ``run.py`` builds them; the library
+(:mod:`pulse.restore`) takes a ready solver and never needs Hydra.
 """
 
 from __future__ import annotations
