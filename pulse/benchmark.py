@@ -483,6 +483,12 @@ class ProcessTiming:
     costs a user, whatever happens before and after the search. ``step_program_s`` is the same difference of
     the program's own search timer (``None`` when it reports none). ``startup_s`` is ``wall(short) - short *
     step_wall_s``: imports, model loading, end-of-run work and shutdown of a ``short``-step run.
+
+    What else happened, per repeat (``None`` where the counters are missing, e.g. off Linux): ``step_cpu_s``,
+    the same difference of the runs' CPU seconds (user + system, all threads); ``step_faults``, of their minor
+    page faults (the heap growing); ``others_load``, the worst run's CPU taken by anything but the runs, in
+    cores (other processes, the kernel, steal); ``steal_share``, the worst run's steal time (the hypervisor
+    running someone else on our cores) as a share of its wall time times the cores.
     """
 
     name: str
@@ -493,6 +499,10 @@ class ProcessTiming:
     step_wall_s: Spread
     step_program_s: Spread | None
     startup_s: Spread
+    step_cpu_s: Spread | None = None
+    step_faults: Spread | None = None
+    others_load: Spread | None = None
+    steal_share: Spread | None = None
 
 
 @dataclass
@@ -633,8 +643,48 @@ def official_seconds(stdout: str) -> float | None:
     return float(found[-1]) if found else None
 
 
-def run_process(command: ProcessCommand, env: dict[str, str], timeout: float) -> tuple[float, float | None]:
-    """Run ``command`` to its end: (wall seconds from start to exit, the program's own search seconds).
+@dataclass
+class ProcessRun:
+    """One finished run: wall time, its own timer, and what the machine did meanwhile.
+
+    ``cpu_s`` and ``minor_faults`` are the run's (``getrusage(RUSAGE_CHILDREN)`` before and after, all its
+    threads and children). ``others_cpu_s`` is the CPU time the whole machine spent while it ran (``/proc/stat``,
+    all cores, steal included) minus the run's and this process's own: other processes, interrupts and the
+    hypervisor. ``steal_s`` is the steal part alone. Both are ``None`` without ``/proc/stat``.
+    """
+
+    wall_s: float
+    program_s: float | None
+    cpu_s: float
+    minor_faults: int
+    others_cpu_s: float | None
+    steal_s: float | None
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """``(busy, steal)`` CPU seconds of the whole machine since boot (``/proc/stat``), or ``None`` off Linux.
+
+    Busy is user, nice, system, irq and softirq (guest time is part of user); idle and iowait are not busy.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    if fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(value) for value in fields[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    hertz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hertz, steal / hertz
+
+
+def _usage(who: int) -> tuple[float, int]:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
+def run_process(command: ProcessCommand, env: dict[str, str], timeout: float) -> ProcessRun:
+    """Run ``command`` to its end and return its :class:`ProcessRun`.
 
     Raises:
         RuntimeError: the program failed; the message names it and ends with its last output lines.
@@ -642,15 +692,39 @@ def run_process(command: ProcessCommand, env: dict[str, str], timeout: float) ->
     import subprocess
 
     command.out_dir.mkdir(parents=True, exist_ok=True)
+    machine_before, children_before, self_before = (
+        machine_cpu_seconds(),
+        _usage(resource.RUSAGE_CHILDREN),
+        _usage(resource.RUSAGE_SELF),
+    )
     start = time.perf_counter()
     finished = subprocess.run(
         command.argv, cwd=command.cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     wall = time.perf_counter() - start
+    machine_after, children_after, self_after = (
+        machine_cpu_seconds(),
+        _usage(resource.RUSAGE_CHILDREN),
+        _usage(resource.RUSAGE_SELF),
+    )
     if finished.returncode != 0:
         tail = "\n".join((finished.stdout + finished.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(command.argv[:3])} ... exited with {finished.returncode}:\n{tail}")
-    return wall, command.program_seconds(finished.stdout, command.out_dir)
+    cpu = children_after[0] - children_before[0]
+    others = steal = None
+    if machine_before is not None and machine_after is not None:
+        steal = machine_after[1] - machine_before[1]
+        busy = machine_after[0] - machine_before[0]
+        # /proc/stat counts in clock ticks (10 ms): clamp the rounding below zero away
+        others = max(0.0, busy + steal - cpu - (self_after[0] - self_before[0]))
+    return ProcessRun(
+        wall_s=wall,
+        program_s=command.program_seconds(finished.stdout, command.out_dir),
+        cpu_s=cpu,
+        minor_faults=children_after[1] - children_before[1],
+        others_cpu_s=others,
+        steal_s=steal,
+    )
 
 
 def measure_processes(
@@ -678,35 +752,53 @@ def measure_processes(
     if repeats < 1:
         raise ValueError(f"need repeats >= 1, got {repeats}")
     env = dict(os.environ if env is None else env)
-    walls: dict[str, dict[int, list[float]]] = {name: {short: [], long: []} for name in programs}
-    timers: dict[str, dict[int, list[float | None]]] = {name: {short: [], long: []} for name in programs}
+    runs: dict[str, dict[int, list[ProcessRun]]] = {name: {short: [], long: []} for name in programs}
     names = list(programs)
+    cores = os.cpu_count() or 1
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
             for steps in (short, long):
                 command = programs[name](steps, Path(work_dir) / name / f"{steps}_{repeat}")
                 log(f"repeat {repeat + 1}/{repeats}: {name}, {steps} steps ...")
-                wall, program_s = run_process(command, env, timeout)
-                walls[name][steps].append(wall)
-                timers[name][steps].append(program_s)
-                log(f"  {wall:.1f} s wall" + ("" if program_s is None else f", {program_s:.1f} s by its own timer"))
+                run = run_process(command, env, timeout)
+                runs[name][steps].append(run)
+                log(
+                    f"  {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU"
+                    + ("" if run.program_s is None else f", {run.program_s:.1f} s by its own timer")
+                    + ("" if run.others_cpu_s is None else f", others {run.others_cpu_s / run.wall_s:.2f} cores")
+                )
     timings = {}
     for name in names:
-        step_wall = [(b - a) / (long - short) for a, b in zip(walls[name][short], walls[name][long], strict=True)]
-        pairs = list(zip(timers[name][short], timers[name][long], strict=True))
-        step_program = None
-        if all(a is not None and b is not None for a, b in pairs):
-            step_program = Spread.of([(b - a) / (long - short) for a, b in pairs])  # type: ignore[operator]
-        startup = [wall - short * step for wall, step in zip(walls[name][short], step_wall, strict=True)]
+        pairs = list(zip(runs[name][short], runs[name][long], strict=True))
+
+        def per_step(value: Callable[[ProcessRun], float | None]) -> Spread | None:
+            values = [(value(b), value(a)) for a, b in pairs]
+            if any(x is None or y is None for x, y in values):
+                return None
+            return Spread.of([(x - y) / (long - short) for x, y in values])  # type: ignore[operator]
+
+        def worst(value: Callable[[ProcessRun], float | None]) -> Spread | None:
+            values = [(value(a), value(b)) for a, b in pairs]
+            if any(x is None or y is None for x, y in values):
+                return None
+            return Spread.of([max(x, y) for x, y in values])  # type: ignore[type-var]
+
+        step_wall = per_step(lambda run: run.wall_s)
+        assert step_wall is not None
+        walls_short = [a.wall_s for a, _ in pairs]
         timings[name] = ProcessTiming(
             name=name,
             short=short,
             long=long,
-            wall_short_s=Spread.of(walls[name][short]),
-            wall_long_s=Spread.of(walls[name][long]),
-            step_wall_s=Spread.of(step_wall),
-            step_program_s=step_program,
-            startup_s=Spread.of(startup),
+            wall_short_s=Spread.of(walls_short),
+            wall_long_s=Spread.of([b.wall_s for _, b in pairs]),
+            step_wall_s=step_wall,
+            step_program_s=per_step(lambda run: run.program_s),
+            startup_s=Spread.of([wall - short * step for wall, step in zip(walls_short, step_wall.values, strict=True)]),
+            step_cpu_s=per_step(lambda run: run.cpu_s),
+            step_faults=per_step(lambda run: float(run.minor_faults)),
+            others_load=worst(lambda run: None if run.others_cpu_s is None else run.others_cpu_s / run.wall_s),
+            steal_share=worst(lambda run: None if run.steal_s is None else run.steal_s / (run.wall_s * cores)),
         )
     return timings
 
@@ -733,6 +825,24 @@ def format_process_timings(timings: dict[str, ProcessTiming], ratios: Sequence[t
         lines.append(
             f"{name:<22} {timing.wall_short_s.text('.1f'):>20} {timing.wall_long_s.text('.1f'):>20} "
             f"{timing.step_wall_s.text('.3f'):>20} {program:>20} {timing.startup_s.text('.1f'):>20}"
+        )
+    if any(timing.step_cpu_s is not None for timing in timings.values()):
+
+        def cell(spread: Spread | None, spec: str) -> str:
+            return "null" if spread is None else spread.text(spec)
+
+        lines.append(
+            f"{'what else happened':<22} {'s/step (CPU)':>20} {'page faults/step':>20} "
+            f"{'others (cores)':>20} {'steal share':>20}"
+        )
+        for name, timing in timings.items():
+            lines.append(
+                f"{name:<22} {cell(timing.step_cpu_s, '.3f'):>20} {cell(timing.step_faults, '.0f'):>20} "
+                f"{cell(timing.others_load, '.2f'):>20} {cell(timing.steal_share, '.3f'):>20}"
+            )
+        lines.append(
+            "(CPU: the runs' user + system seconds, all threads; others: CPU the machine spent outside the runs "
+            "during the worse run of each repeat, steal included: above about 0.1 cores a repeat was disturbed)"
         )
     for a, b in ratios:
         step = ratio_spread(timings[a].step_wall_s, timings[b].step_wall_s)

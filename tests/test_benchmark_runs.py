@@ -154,6 +154,31 @@ def test_measure_processes_interleaves_runs_and_derives_step_and_startup(tmp_pat
         measure_processes({"a": make("a")}, tmp_path, short=3, long=3)
 
 
+def test_measure_processes_counts_the_runs_cpu_and_what_else_ran(tmp_path):
+    # Each run spins for 0.1 s of its own CPU time per step: its CPU per step is 0.1 s however loaded the machine is.
+    program = (
+        "import sys, time; n = int(sys.argv[1]); end = time.process_time() + 0.05 + 0.1 * n\n"
+        "while time.process_time() < end: pass"
+    )
+
+    def make(steps, out_dir):
+        return ProcessCommand([sys.executable, "-c", program, str(steps)], tmp_path, out_dir, lambda o, d: None)
+
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # someone else's work on the machine
+    try:
+        timing = measure_processes({"spin": make}, tmp_path, short=1, long=4, repeats=2)["spin"]
+    finally:
+        burner.kill()
+        burner.wait()
+    assert timing.step_program_s is None and timing.step_cpu_s is not None
+    assert 0.07 < timing.step_cpu_s.median < 0.13
+    if Path("/proc/stat").is_file():
+        assert timing.others_load is not None and timing.others_load.min > 0.2  # the burner is seen
+        assert timing.steal_share is not None and 0 <= timing.steal_share.min <= 1
+    text = format_process_timings({"spin": timing})
+    assert "what else happened" in text and "page faults/step" in text
+
+
 def test_spread_and_a_failing_program_is_named(tmp_path):
     spread = Spread.of([3.0, 1.0, 2.0])
     assert (spread.median, spread.min, spread.max) == (2.0, 1.0, 3.0) and spread.text(".1f") == "2.0 [1.0-3.0]"
