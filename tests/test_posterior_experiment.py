@@ -37,3 +37,16 @@ def test_tables_per_method_and_group(tmp_path):
     assert "| toy | pulse | x8 | 1 | 2 | 0.500 | null |" in text
     assert "| pulse | x8 | tan | 1 | 12.0 | 2.8 |" in text  # mean ITA 32 - 20; stdev of (30, 34)
     assert "| langevin | x8 | tan | 1 | 2.0 | 5.7 |" in text
+
+
+def test_plot_of_pulls_and_coverage(tmp_path):
+    from PIL import Image
+
+    module = _load()
+    _write(tmp_path / "p", 0.5, [30.0, 34.0])
+    _write(tmp_path / "l", 0.75, [18.0, 26.0])
+    methods = {"pulse": module.per_input(tmp_path / "p"), "langevin": module.per_input(tmp_path / "l")}
+    pulls = {8: [(1.0, -2.0, "tan"), (3.0, 0.5, "light"), (-1.0, -1.5, "tan")]}
+    module.plot(methods, pulls, "toy", tmp_path / "plot_toy.png")
+    with Image.open(tmp_path / "plot_toy.png") as image:
+        assert image.format == "PNG" and image.width > 2 * image.height  # one pull panel, one coverage panel

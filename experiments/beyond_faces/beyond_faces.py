@@ -6,6 +6,12 @@
 Needs ``pulse-fetch terrain`` once. Writes ``results.csv`` (one row per method and input), ``table.md`` (means
 per data, method and factor) and ``grid.png`` (rows: LR nearest | bicubic | PULSE | ILO | HR) into ``--out``.
 
+``--draws N`` also runs, per input, N independent PULSE restarts and N Langevin posterior draws
+(:class:`pulse.solvers.langevin.LangevinSolver`, ``--sigma``, ``--burn-in``, ``--thin``) and scores each draw
+(``pulse_restart``, ``langevin``) and the mean of an input's N draws (``pulse_mean``, ``langevin_mean``): the
+prior's fine grain lands in different places in different draws, so their mean is an estimate of the posterior
+mean (the MMSE answer), the output the pixel metrics favour.
+
 Columns: ``downscale_error`` (MSE of the downscaled output to the input, [0, 1] scale), ``psnr`` and ``ssim``
 (against the ground truth, on the model's asinh-compressed unit scale), ``rmse_m`` (the same in metres, after
 :func:`pulse.generators.terrain.unit_to_metres`), and ``hf_ratio``: the mean absolute Laplacian of the output
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import statistics
 import time
@@ -30,6 +37,7 @@ from pulse.generators.terrain import TerrainGenerator, unit_to_metres
 from pulse.losses import PulseLoss
 from pulse.metrics.fidelity import psnr, ssim
 from pulse.solvers.ilo import ILOSettings, ILOSolver
+from pulse.solvers.langevin import LangevinSettings, LangevinSolver
 from pulse.solvers.pulse import PulseSolver, SearchSettings
 
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
@@ -107,6 +115,10 @@ def main() -> None:
     parser.add_argument("--difficulty", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("experiments/beyond_faces/pilot"))
+    parser.add_argument("--draws", type=int, default=0, help="also N PULSE restarts and N Langevin draws per input")
+    parser.add_argument("--sigma", type=float, default=0.045, help="Langevin likelihood noise, unit scale")
+    parser.add_argument("--burn-in", type=int, default=80, help="Langevin burn-in steps")
+    parser.add_argument("--thin", type=int, default=20, help="Langevin steps from burn-in to the draw")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -159,10 +171,54 @@ def main() -> None:
             for method, sr in outputs.items():
                 rows += measure(names, method, factor, data, hr, sr, lr, latents.get(method), best.get(method))
             print(f"{data} x{factor}: {len(chosen)} inputs searched in {seconds:.0f} s", flush=True)
+            if args.draws:
+                draws = posterior_draws(generator, pulse, lr, args)
+                for method, (found, spent) in draws.items():
+                    index = found.input_index
+                    rows += measure(
+                        [names[i] for i in index],
+                        method,
+                        factor,
+                        data,
+                        hr[index],
+                        found.hr,
+                        lr[index],
+                        found.latent,
+                        found.best_step,
+                    )
+                    mean = torch.stack([found.hr[index == i].mean(0) for i in range(len(chosen))])
+                    method_mean = method.replace("_restart", "") + "_mean"
+                    rows += measure(names, method_mean, factor, data, hr, mean, lr)
+                    outputs[method_mean] = mean
+                    print(f"  {method}: {len(found.hr)} draws in {spent:.0f} s", flush=True)
             for i in range(len(chosen)):
                 lr_up = F.interpolate(lr[i : i + 1], size=(128, 128), mode="nearest")[0]
                 grid_rows.append([lr_up, *(outputs[m][i] for m in outputs), hr[i]])
     write_outputs(rows, grid_rows, args.out)
+
+
+def posterior_draws(
+    generator: TerrainGenerator, pulse: PulseSolver, lr: torch.Tensor, args: argparse.Namespace
+) -> dict[str, tuple]:
+    """``args.draws`` PULSE restarts and as many Langevin draws per input: ``{method: (result, seconds)}``."""
+    restarts = PulseSolver(
+        generator,
+        pulse.loss,
+        pulse.optimizer,
+        settings=dataclasses.replace(pulse.settings, duplicates=args.draws, seed=args.seed + 1),
+    )
+    sampler = LangevinSolver(
+        generator,
+        settings=LangevinSettings(
+            samples=args.draws, sigma=args.sigma, burn_in=args.burn_in, thin=args.thin, seed=args.seed + 1
+        ),
+    )
+    results = {}
+    for method, solver in (("pulse_restart", restarts), ("langevin", sampler)):
+        start = time.perf_counter()
+        found = solver.solve(lr)
+        results[method] = (found, time.perf_counter() - start)
+    return results
 
 
 def write_outputs(rows: list[dict], grid_rows: list[list[torch.Tensor]], out: Path) -> None:

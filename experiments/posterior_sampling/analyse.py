@@ -4,6 +4,10 @@
     python experiments/posterior_sampling/analyse.py --run pulse=RUN_DIR --run langevin=RUN_DIR [...]
         [--label generated] [--out experiments/posterior_sampling] [--prior-samples 200]
 
+Writes ``table_<label>.md`` and, with both methods, ``plot_<label>.png``: per scale, each input's pull towards the
+prior's typical skin tone under PULSE (x) against Langevin (y), coloured by the true face's skin-tone group (points
+below the diagonal: Langevin pulled less), and each method's coverage against its diversity.
+
 Each ``--run`` names a run folder (``results.csv``) of one method on one data set; runs with the same label and
 method are pooled. Per method and scale: means over inputs of ``coverage_90`` (and the calibrated value
 ``coverage_nominal``), ``diversity_l2``/``diversity_lpips``, ``id_distinct``, the mean image's PSNR/SSIM/LPIPS,
@@ -154,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
     ]
 
+    pulls_by_scale: dict[int, list[tuple[float, float, str]]] = {}
     if {"pulse", "langevin"} <= set(methods) and args.prior_samples > 0:
         prior = prior_median_ita(args.prior_samples)
         test_rows = []
@@ -167,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     continue
                 direction = math.copysign(1.0, prior - a["ita_hr"])
                 pulls.append(((a["ita_sr"] - a["ita_hr"]) * direction, (b["ita_sr"] - b["ita_hr"]) * direction))
+                pulls_by_scale.setdefault(scale, []).append((*pulls[-1], ita_group(a["ita_hr"]) or "none"))
             if len(pulls) < 6:
                 test_rows.append([f"x{scale}", str(len(pulls)), "null", "null", "null", "too few paired inputs"])
                 continue
@@ -196,6 +202,62 @@ def main(argv: Sequence[str] | None = None) -> None:
     path.write_text("\n".join(text))
     print("\n".join(text))
     print(f"wrote {path}")
+    if pulls_by_scale:
+        figure = args.out / f"plot_{args.label}.png"
+        plot(methods, pulls_by_scale, args.label, figure)
+        print(f"wrote {figure}")
+
+
+def plot(
+    methods: dict[str, dict[str, dict]],
+    pulls_by_scale: dict[int, list[tuple[float, float, str]]],
+    label: str,
+    path: Path,
+) -> None:
+    """Per scale: pull under PULSE against pull under Langevin per input; then coverage against diversity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted(pulls_by_scale)
+    figure, axes = plt.subplots(1, len(scales) + 1, figsize=(4.2 * (len(scales) + 1), 4), squeeze=False)
+    groups = sorted({g for pulls in pulls_by_scale.values() for _, _, g in pulls})
+    colours = dict(zip(groups, plt.cm.viridis([i / max(1, len(groups) - 1) for i in range(len(groups))]), strict=True))
+    for axis, scale in zip(axes[0], scales, strict=False):
+        pulls = pulls_by_scale[scale]
+        for group in groups:
+            chosen = [(p, q) for p, q, g in pulls if g == group]
+            if chosen:
+                axis.scatter(*zip(*chosen, strict=True), s=18, color=colours[group], label=f"{group} ({len(chosen)})")
+        low = min(min(p, q) for p, q, _ in pulls) - 1
+        high = max(max(p, q) for p, q, _ in pulls) + 1
+        axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
+        axis.axhline(0, color="grey", linewidth=0.4)
+        axis.axvline(0, color="grey", linewidth=0.4)
+        axis.set(
+            title=f"{label} x{scale}: pull towards the prior (deg)", xlabel="PULSE restarts", ylabel="Langevin draws"
+        )
+        axis.legend(fontsize=7)
+    axis = axes[0][-1]
+    for marker, (method, inputs) in zip("os^", methods.items(), strict=False):
+        for scale in scales:
+            chosen = [r for r in inputs.values() if r["scale"] == scale]
+            axis.scatter(
+                _mean([r["diversity_lpips"] for r in chosen]),
+                _mean([r["coverage_90"] for r in chosen]),
+                marker=marker,
+                s=40,
+                label=f"{method} x{scale}",
+            )
+    nominal = _mean([r["coverage_nominal"] for inputs in methods.values() for r in inputs.values()])
+    if math.isfinite(nominal):
+        axis.axhline(nominal, color="grey", linestyle="--", linewidth=0.8, label=f"calibrated ({nominal:.3f})")
+    axis.set(title=f"{label}: coverage_90 against diversity", xlabel="diversity_lpips", ylabel="coverage_90")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
