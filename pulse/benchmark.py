@@ -16,6 +16,7 @@ over everything measured so far in the process (the fast path is measured first 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import platform
@@ -488,7 +489,9 @@ class ProcessTiming:
     the same difference of the runs' CPU seconds (user + system, all threads); ``step_faults``, of their minor
     page faults (the heap growing); ``others_load``, the worst run's CPU taken by anything but the runs, in
     cores (other processes, the kernel, steal); ``steal_share``, the worst run's steal time (the hypervisor
-    running someone else on our cores) as a share of its wall time times the cores.
+    running someone else on our cores) as a share of its wall time times the cores; ``machine_probe_s``, the
+    fixed reference work of :func:`machine_probe_s` timed before each of the program's runs (its spread is the
+    machine's own: the same work, in the same measuring process).
     """
 
     name: str
@@ -503,6 +506,7 @@ class ProcessTiming:
     step_faults: Spread | None = None
     others_load: Spread | None = None
     steal_share: Spread | None = None
+    machine_probe_s: Spread | None = None
 
 
 @dataclass
@@ -650,7 +654,8 @@ class ProcessRun:
     ``cpu_s`` and ``minor_faults`` are the run's (``getrusage(RUSAGE_CHILDREN)`` before and after, all its
     threads and children). ``others_cpu_s`` is the CPU time the whole machine spent while it ran (``/proc/stat``,
     all cores, steal included) minus the run's and this process's own: other processes, interrupts and the
-    hypervisor. ``steal_s`` is the steal part alone. Both are ``None`` without ``/proc/stat``.
+    hypervisor. ``steal_s`` is the steal part alone. Both are ``None`` without ``/proc/stat``. ``probe_s`` is
+    :func:`machine_probe_s` just before the run (``None`` when not probed).
     """
 
     wall_s: float
@@ -659,6 +664,23 @@ class ProcessRun:
     minor_faults: int
     others_cpu_s: float | None
     steal_s: float | None
+    probe_s: float | None = None
+
+
+def machine_probe_s(repeats: int = 12, side: int = 512) -> float:
+    """Seconds this machine takes for a fixed piece of work: ``repeats`` float32 ``side x side`` matrix products.
+
+    The same work every time, on torch's threads, with no allocation after the first product: its time moves
+    only with the machine's speed (other tenants of a virtual machine's host, frequency scaling), not with
+    pulse. Timed before each measured run, its spread says how much of the runs' spread is the machine.
+    """
+    a = torch.randn(side, side, generator=torch.Generator().manual_seed(0))
+    out = torch.empty_like(a)
+    torch.mm(a, a, out=out)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, a, out=out)
+    return time.perf_counter() - start
 
 
 def machine_cpu_seconds() -> tuple[float, float] | None:
@@ -736,6 +758,7 @@ def measure_processes(
     env: dict[str, str] | None = None,
     timeout: float = 900.0,
     log: Callable[[str], Any] = lambda message: None,
+    probe_machine: bool = True,
 ) -> dict[str, ProcessTiming]:
     """Whole runs of every program, ``short`` and ``long`` steps, interleaved, ``repeats`` times.
 
@@ -746,6 +769,7 @@ def measure_processes(
         programs: ``{name: make(steps, out_dir) -> ProcessCommand}``.
         work_dir: each run writes under ``work_dir/<name>/<steps>_<repeat>``.
         env: the environment of every run (e.g. ``os.environ`` plus :func:`pulse.runtime.allocator_environment`).
+        probe_machine: time :func:`machine_probe_s` before every run (``machine_probe_s`` in the result).
     """
     if not 1 <= short < long:
         raise ValueError(f"need 1 <= short < long steps, got short={short}, long={long}")
@@ -760,7 +784,8 @@ def measure_processes(
             for steps in (short, long):
                 command = programs[name](steps, Path(work_dir) / name / f"{steps}_{repeat}")
                 log(f"repeat {repeat + 1}/{repeats}: {name}, {steps} steps ...")
-                run = run_process(command, env, timeout)
+                probe = machine_probe_s() if probe_machine else None
+                run = dataclasses.replace(run_process(command, env, timeout), probe_s=probe)
                 runs[name][steps].append(run)
                 log(
                     f"  {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU"
@@ -771,17 +796,11 @@ def measure_processes(
     for name in names:
         pairs = list(zip(runs[name][short], runs[name][long], strict=True))
 
-        def per_step(value: Callable[[ProcessRun], float | None]) -> Spread | None:
-            values = [(value(b), value(a)) for a, b in pairs]
-            if any(x is None or y is None for x, y in values):
-                return None
-            return Spread.of([(x - y) / (long - short) for x, y in values])  # type: ignore[operator]
+        def per_step(value, pairs=pairs):
+            return _per_step(pairs, value, long - short)
 
-        def worst(value: Callable[[ProcessRun], float | None]) -> Spread | None:
-            values = [(value(a), value(b)) for a, b in pairs]
-            if any(x is None or y is None for x, y in values):
-                return None
-            return Spread.of([max(x, y) for x, y in values])  # type: ignore[type-var]
+        def worst(value, pairs=pairs):
+            return _worst(pairs, value)
 
         step_wall = per_step(lambda run: run.wall_s)
         assert step_wall is not None
@@ -794,13 +813,41 @@ def measure_processes(
             wall_long_s=Spread.of([b.wall_s for _, b in pairs]),
             step_wall_s=step_wall,
             step_program_s=per_step(lambda run: run.program_s),
-            startup_s=Spread.of([wall - short * step for wall, step in zip(walls_short, step_wall.values, strict=True)]),
+            startup_s=Spread.of(
+                [wall - short * step for wall, step in zip(walls_short, step_wall.values, strict=True)]
+            ),
             step_cpu_s=per_step(lambda run: run.cpu_s),
             step_faults=per_step(lambda run: float(run.minor_faults)),
             others_load=worst(lambda run: None if run.others_cpu_s is None else run.others_cpu_s / run.wall_s),
             steal_share=worst(lambda run: None if run.steal_s is None else run.steal_s / (run.wall_s * cores)),
+            machine_probe_s=_probes([run for pair in pairs for run in pair]),
         )
     return timings
+
+
+def _per_step(
+    pairs: Sequence[tuple[ProcessRun, ProcessRun]], value: Callable[[ProcessRun], float | None], steps: int
+) -> Spread | None:
+    """``(value(long run) - value(short run)) / steps`` per repeat, or ``None`` where a value is missing."""
+    values = [(value(b), value(a)) for a, b in pairs]
+    if any(x is None or y is None for x, y in values):
+        return None
+    return Spread.of([(x - y) / steps for x, y in values])  # type: ignore[operator]
+
+
+def _worst(
+    pairs: Sequence[tuple[ProcessRun, ProcessRun]], value: Callable[[ProcessRun], float | None]
+) -> Spread | None:
+    """The larger ``value`` of each repeat's two runs, or ``None`` where a value is missing."""
+    values = [(value(a), value(b)) for a, b in pairs]
+    if any(x is None or y is None for x, y in values):
+        return None
+    return Spread.of([max(x, y) for x, y in values])  # type: ignore[type-var]
+
+
+def _probes(runs: Sequence[ProcessRun]) -> Spread | None:
+    values = [run.probe_s for run in runs if run.probe_s is not None]
+    return Spread.of(values) if values else None
 
 
 def ratio_spread(numerator: Spread, denominator: Spread) -> Spread:
@@ -833,16 +880,18 @@ def format_process_timings(timings: dict[str, ProcessTiming], ratios: Sequence[t
 
         lines.append(
             f"{'what else happened':<22} {'s/step (CPU)':>20} {'page faults/step':>20} "
-            f"{'others (cores)':>20} {'steal share':>20}"
+            f"{'others (cores)':>20} {'steal share':>20} {'machine probe s':>20}"
         )
         for name, timing in timings.items():
             lines.append(
                 f"{name:<22} {cell(timing.step_cpu_s, '.3f'):>20} {cell(timing.step_faults, '.0f'):>20} "
-                f"{cell(timing.others_load, '.2f'):>20} {cell(timing.steal_share, '.3f'):>20}"
+                f"{cell(timing.others_load, '.2f'):>20} {cell(timing.steal_share, '.3f'):>20} "
+                f"{cell(timing.machine_probe_s, '.3f'):>20}"
             )
         lines.append(
             "(CPU: the runs' user + system seconds, all threads; others: CPU the machine spent outside the runs "
-            "during the worse run of each repeat, steal included: above about 0.1 cores a repeat was disturbed)"
+            "during the worse run of each repeat, steal included: above about 0.1 cores a repeat was disturbed; "
+            "machine probe: the same fixed matrix products timed before every run: its spread is the machine's)"
         )
     for a, b in ratios:
         step = ratio_spread(timings[a].step_wall_s, timings[b].step_wall_s)

@@ -5,6 +5,7 @@
                                 [--steps 3] [--warmup 1] [--device cpu|cuda] [--compile]
                                 [--channels-last auto|on|off] [--pretrained] [--json PATH] [--quick]
                                 [--set KEY=VALUE ...] [--isolate] [--whole-runs --short 2 --long 12]
+                                [--probe-machine SECONDS]
 
 Prints s/step, steps/s, images/min and peak memory per path and batch size, the fast/eager ratio
 of steps/s, and how far the fast path's results are from the eager ones. StyleGAN uses seeded random
@@ -20,7 +21,10 @@ The step timed is the one ``run.py`` runs: the solver comes from ``run.py``'s ow
 every measurement of a path in a fresh process (A B, B A, ...), so neither path inherits the other's heap.
 ``--whole-runs`` times whole ``run.py`` processes instead (what a user waits for), short and long runs
 interleaved, s/step = (wall(long) - wall(short)) / (long - short), with the random weights written in the
-official layout. Every mode prints median [min-max] over its repeats.
+official layout. Every mode prints median [min-max] over its repeats. ``--isolate`` and ``--whole-runs`` also time
+a fixed piece of work (matrix products, :func:`pulse.benchmark.machine_probe_s`) before every process, and
+``--probe-machine SECONDS`` only does that, over and over: on a shared virtual machine the same work can take
+twice as long from one minute to the next, which no comparison of whole runs there can be more precise than.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,7 @@ from pulse.benchmark import (  # noqa: E402
     best_batches,
     format_process_timings,
     format_report,
+    machine_probe_s,
     measure_processes,
     pulse_run_command,
     run_benchmark,
@@ -132,6 +138,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--whole-runs", action="store_true", help="time whole run.py processes (see the docstring)")
     parser.add_argument("--short", type=int, default=2, help="--whole-runs: steps of the short run")
     parser.add_argument("--long", type=int, default=12, help="--whole-runs: steps of the long run")
+    parser.add_argument(
+        "--probe-machine",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="only time a fixed piece of work (matrix products) again and again for SECONDS: the machine's own spread",
+    )
     parser.add_argument("--only", choices=["eager", "fast"], default=None, help=argparse.SUPPRESS)  # --isolate child
     args = parser.parse_args(argv)
     if args.quick:
@@ -238,12 +251,14 @@ def isolated(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """``--isolate``: ``rounds`` fresh processes per path, alternating (fast eager, eager fast, ...)."""
     child_argv = [a for a in argv if a != "--isolate"]
     per_round: dict[str, list[float]] = {"fast": [], "eager": []}
+    probes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pulse-bench-") as tmp:
         for round_index in range(args.rounds):
             for path in ("fast", "eager") if round_index % 2 == 0 else ("eager", "fast"):
                 out = Path(tmp) / f"{path}_{round_index}.json"
                 _log(f"round {round_index + 1}/{args.rounds}: {path} in its own process ...")
                 command = [sys.executable, __file__, *child_argv, "--only", path, "--rounds", "1", "--json", str(out)]
+                probes.append(machine_probe_s())
                 subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 durations = json.loads(out.read_text())["durations"]
                 per_round[path].append(sorted(durations)[len(durations) // 2])  # the process's median step
@@ -256,7 +271,33 @@ def isolated(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     for path, spread in spreads.items():
         print(f"{path:>5}: {spread.text('.3f')} s/step")
     print(f"fast s/step / eager s/step: {ratio.text()}")
-    return {"per_round": per_round, "ratio_fast_over_eager": dataclasses.asdict(ratio)}
+    probe = Spread.of(probes)
+    print(f"machine probe before each process (fixed work): {probe.text('.3f')} s")
+    return {"per_round": per_round, "ratio_fast_over_eager": dataclasses.asdict(ratio), "machine_probe_s": probes}
+
+
+def probe_machine(seconds: float, threads: int | None = None) -> dict[str, Any]:
+    """``--probe-machine``: :func:`pulse.benchmark.machine_probe_s` repeated for ``seconds``; prints its spread.
+
+    The work never changes, so on a steady machine its times agree within a few percent; on a shared virtual
+    machine they show how far any timing taken there can move by itself.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    values: list[float] = []
+    try:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or not values:
+            values.append(machine_probe_s())
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+    spread = Spread.of(values)
+    print(
+        f"machine probe ({used} threads, {len(values)} times in {seconds:.0f} s): "
+        f"{spread.text('.3f')} s, slowest / fastest {spread.max / spread.min:.2f}"
+    )
+    return {"probe_s": values}
 
 
 def whole_runs(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,6 +344,8 @@ def whole_runs(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> BenchmarkReport | dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.probe_machine is not None:
+        return _write_json(args, probe_machine(args.probe_machine, args.threads))
     if args.whole_runs:
         return _write_json(args, whole_runs(args))
     if args.isolate:

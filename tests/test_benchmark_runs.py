@@ -175,8 +175,10 @@ def test_measure_processes_counts_the_runs_cpu_and_what_else_ran(tmp_path):
     if Path("/proc/stat").is_file():
         assert timing.others_load is not None and timing.others_load.min > 0.2  # the burner is seen
         assert timing.steal_share is not None and 0 <= timing.steal_share.min <= 1
+    assert timing.machine_probe_s is not None and len(timing.machine_probe_s.values) == 4  # before every run
+    assert timing.machine_probe_s.min > 0
     text = format_process_timings({"spin": timing})
-    assert "what else happened" in text and "page faults/step" in text
+    assert "what else happened" in text and "page faults/step" in text and "machine probe s" in text
 
 
 def test_spread_and_a_failing_program_is_named(tmp_path):
@@ -310,3 +312,9 @@ def test_images_are_written_losslessly_at_the_fast_zlib_level(tmp_path):
     slow = tmp_path / "slow.png"
     Image.fromarray(to_uint8(image)).save(slow)  # PIL's default level 6
     assert (tmp_path / "a.png").read_bytes() != slow.read_bytes()  # the level is applied
+
+
+def test_probe_machine_times_the_same_work_repeatedly(benchmark_script, capsys):
+    result = benchmark_script.main(["--probe-machine", "0.3", "--threads", "1"])
+    assert len(result["probe_s"]) >= 1 and min(result["probe_s"]) > 0
+    assert "machine probe (1 threads" in capsys.readouterr().out
