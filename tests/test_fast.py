@@ -81,6 +81,23 @@ def test_float64_fast_path_is_exact(narrow, layer_kinds):
         assert max(_rel_error(a, b) for a, b in zip(grad_noise, ref_noise, strict=True)) < 1e-10
 
 
+@pytest.mark.parametrize("chunk_elements", [1500, 40])
+def test_float64_fast_path_is_exact_in_row_chunks(narrow, monkeypatch, chunk_elements):
+    """Layers processed a few rows at a time (uneven last chunk; one row per chunk) give the same function:
+    the chunked noise, activation, merged statistics and backward passes cover every row exactly once."""
+    monkeypatch.setattr(fast, "_CHUNK_ELEMENTS", chunk_elements)
+    reference = copy.deepcopy(narrow).double()
+    latent, noise = _inputs(narrow, batch=2)
+    ref_image, ref_latent, ref_noise = _forward_backward(reference, latent, noise, torch.float64)
+    for channels_last in (False, True):
+        generator = accelerate(reference, channels_last=channels_last)
+        assert len(fast._row_chunks(torch.empty(2, 16, 32, 32))) > 3
+        image, grad_latent, grad_noise = _forward_backward(generator, latent, noise, torch.float64)
+        assert (image - ref_image).abs().max() < 1e-10
+        assert _rel_error(grad_latent, ref_latent) < 1e-10
+        assert max(_rel_error(a, b) for a, b in zip(grad_noise, ref_noise, strict=True)) < 1e-10
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_float32_fast_path_matches_faithful(narrow, layer_kinds, channels_last):
     _check_float32(narrow, channels_last)

@@ -14,10 +14,12 @@ computes the same function (fp32 results within float rounding of the faithful p
 - **One fused layer function** (:class:`_StyledConv`): convolution, noise, leaky ReLU, instance norm
   and style modulation with a hand-written backward. Instance norm and style collapse into one
   per-channel affine map ``a * (y - mean) + shift`` (centred in cache-sized row chunks: folding the
-  mean into the offset would lose digits when ``|mean| >> std``); the noise add and the activation run
-  in place in the convolution's output; the backward needs two channel reductions and one full-size
-  pass instead of autograd's chain of temporaries, and returns the style gradients from the same
-  reductions.
+  mean into the offset would lose digits when ``|mean| >> std``). Every full-size map is walked in
+  cache-sized row chunks, each finished before the next: in the forward, noise, bias, activation and
+  the statistics in one pass (the chunks' moments merged pairwise) and the normalised output in a
+  second; the backward needs one pass for its channel reductions and one that forms the input
+  gradient, the activation's derivative and the noise gradient, instead of autograd's chain of
+  temporaries, and returns the style gradients from the same reductions.
 - **toRGB folded into the last layer**: the 1x1 toRGB convolution is linear per pixel, so it absorbs
   the last layer's affine map and the normalised 16-channel image is never materialised.
 - **Mixed precision under autocast** (Lightning's ``bf16-mixed``, ``scripts/benchmark.py --bf16``): the
@@ -199,7 +201,8 @@ class _LayerSpec:
 
     Attributes:
         kind: ``"const"`` (the 4x4 constant, no convolution), ``"conv"`` (3x3), ``"up"`` (polyphase x2) or
-            ``"up_ref"`` (the input is already the reference upsampling's output, see :data:`POLYPHASE_MIN_SIDE`).
+            ``"up_ref"`` (the input is already the reference upsampling's output, without its bias; see
+            :data:`POLYPHASE_MIN_SIDE`).
         fused: for ``"up"``/``"up_ref"``, whether the reference uses the transposed-convolution variant.
         instance_norm_eps: added to the variance, as the faithful port's epilogue does (1e-5 or 1e-8).
     """
@@ -251,26 +254,57 @@ def _channel_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u * v).sum(dim=(2, 3))
 
 
-def _channel_stats(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``[B, C, H, W]``, each ``[B, C]``.
+def _noise_relu_stats(
+    source: torch.Tensor,
+    noise: torch.Tensor,
+    noise_weight: torch.Tensor,
+    out: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out = leaky_relu(source + bias + noise_weight * noise)`` and its per-channel mean and biased variance.
 
-    Two passes like ``F.instance_norm`` (``E[y^2] - E[y]^2`` in float32 loses about five digits when
-    ``|mean| >> std``); the centred copy is made a few rows at a time so no full-size temporary exists.
+    ``source``, ``out``: ``[B, C, H, W]`` (the same tensor for in place, then without ``bias``); ``noise``:
+    ``[B or 1, 1, H, W]``; ``bias``: ``[C]`` or ``None``; returns mean and variance, each ``[B, C]``.
+
+    One pass over row chunks (:func:`_row_chunks`): each chunk gets its noise and activation and is reduced
+    while it is still in cache; the chunks' means and centred sums of squares are merged by Chan et al.'s
+    pairwise update, as stable as two passes over the whole map (``E[y^2] - E[y]^2`` in float32 would lose
+    about five digits when ``|mean| >> std``).
     """
-    mean = y.mean(dim=(2, 3))
-    var = torch.zeros_like(mean)
-    for rows in _row_chunks(y):
-        centred = y[:, :, rows] - _per_channel(mean)
-        var += _channel_dot(centred, centred)
-    return mean, var / (y.shape[2] * y.shape[3])
+    batch, channels, _, width = out.shape
+    mean = out.new_zeros(batch, channels)
+    squares = out.new_zeros(batch, channels)
+    weight = noise_weight.view(1, -1, 1, 1)
+    count = 0
+    for rows in _row_chunks(out):
+        chunk = out[:, :, rows]
+        if source is out:
+            chunk.addcmul_(noise[:, :, rows], weight)
+        elif bias is None:
+            torch.addcmul(source[:, :, rows], noise[:, :, rows], weight, out=chunk)
+        else:
+            torch.add(source[:, :, rows], bias.view(1, -1, 1, 1), out=chunk).addcmul_(noise[:, :, rows], weight)
+        F.leaky_relu_(chunk, LRELU_SLOPE)
+        size = chunk.shape[2] * width
+        chunk_mean = chunk.mean(dim=(2, 3))
+        centred = chunk - _per_channel(chunk_mean)
+        total = count + size
+        delta = chunk_mean - mean
+        mean += delta * (size / total)
+        squares += _channel_dot(centred, centred) + delta.square() * (count * size / total)
+        count = total
+    return mean, squares / count
 
 
-def _centred_dot(g: torch.Tensor, y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """``sum_p g * (y - mean)`` per sample and channel, ``[B, C]`` (chunked like :func:`_channel_stats`)."""
+def _sum_and_centred_dot(g: torch.Tensor, y: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_p g`` and ``sum_p g * (y - mean)`` per sample and channel, each ``[B, C]``, in one chunked pass."""
+    total_g = torch.zeros_like(mean)
     total = torch.zeros_like(mean)
     for rows in _row_chunks(y):
-        total += _channel_dot(g[:, :, rows], y[:, :, rows] - _per_channel(mean))
-    return total
+        chunk = g[:, :, rows]
+        total_g += chunk.sum(dim=(2, 3))
+        total += _channel_dot(chunk, y[:, :, rows] - _per_channel(mean))
+    return total_g, total
 
 
 def _centred_gram(g: torch.Tensor, y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -335,12 +369,12 @@ class _StyledConv(torch.autograd.Function):
             for index, delta in border_correction(x, weight, ref_weight, spec.fused):
                 z[(slice(None), slice(None), *index)] += delta
         if z is None:
-            y = torch.addcmul(x, noise, noise_weight.view(1, -1, 1, 1))
+            y = torch.empty_like(x)  # x: the upsampling's output before its bias (see _FastLayer.forward)
+            mean, var = _noise_relu_stats(x, noise, noise_weight, out=y, bias=bias)
             x = None  # not needed by the backward
         else:
-            y = z.addcmul_(noise, noise_weight.view(1, -1, 1, 1))
-        F.leaky_relu_(y, LRELU_SLOPE)
-        mean, var = _channel_stats(y)
+            y = z
+            mean, var = _noise_relu_stats(z, noise, noise_weight, out=z)
         rstd = torch.rsqrt(var + spec.instance_norm_eps)
         a = (scale + 1.0) * rstd
         # out = a * (y - mean) + shift, centred chunk by chunk: folding the mean into the offset
@@ -383,8 +417,7 @@ class _StyledConv(torch.autograd.Function):
             sum_g = grad.sum(dim=(2, 3)) @ rgb_weight  # [B, C]
             dot_c = (_centred_gram(grad, y, mean) * rgb_weight[None]).sum(dim=1)  # sum g_out * (y - mean)
         else:
-            sum_g = grad.sum(dim=(2, 3))
-            dot_c = _centred_dot(grad, y, mean)
+            sum_g, dot_c = _sum_and_centred_dot(grad, y, mean)
         grad_scale = rstd * dot_c  # sum(g * xhat)
         grad_shift = sum_g
         k = a * rstd.square() * dot_c / pixels
@@ -392,17 +425,24 @@ class _StyledConv(torch.autograd.Function):
         if rgb_weight is not None:
             grad_y = _pixelwise_linear((rgb_weight[None] * a[:, None, :]).transpose(1, 2), offset, grad, like=y)
         else:
-            grad_y = torch.addcmul(_per_channel(offset), grad, _per_channel(a))
-        # - k * (y - mean), centred per chunk for the same cancellation reason as in the forward.
-        for rows in _row_chunks(y):
-            grad_y[:, :, rows].addcmul_(y[:, :, rows] - _per_channel(mean), _per_channel(-k))
-        grad_z = torch.ops.aten.leaky_relu_backward.grad_input(grad_y, y, LRELU_SLOPE, True, grad_input=grad_y)
-
+            grad_y = torch.empty_like(y)
         grad_noise = None
         if ctx.needs_input_grad[1]:
-            grad_noise = torch.einsum("bchw,c->bhw", grad_z, noise_weight).unsqueeze(1)
-            if ctx.noise_shape[0] == 1 and grad_noise.shape[0] != 1:
-                grad_noise = grad_noise.sum(dim=0, keepdim=True)
+            grad_noise = y.new_empty(y.shape[0], 1, y.shape[2], y.shape[3])
+        # One pass over row chunks, each finished while in cache: a * g + offset, the centred term
+        # - k * (y - mean) (centred for the same cancellation reason as in the forward), the activation's
+        # derivative and the noise gradient sum_c noise_weight_c * d z_c.
+        for rows in _row_chunks(y):
+            chunk = grad_y[:, :, rows]
+            if rgb_weight is None:
+                torch.addcmul(_per_channel(offset), grad[:, :, rows], _per_channel(a), out=chunk)
+            chunk.addcmul_(y[:, :, rows] - _per_channel(mean), _per_channel(-k))
+            torch.ops.aten.leaky_relu_backward.grad_input(chunk, y[:, :, rows], LRELU_SLOPE, True, grad_input=chunk)
+            if grad_noise is not None:
+                grad_noise[:, 0, rows] = torch.einsum("bchw,c->bhw", chunk, noise_weight)
+        grad_z = grad_y
+        if grad_noise is not None and ctx.noise_shape[0] == 1 and grad_noise.shape[0] != 1:
+            grad_noise = grad_noise.sum(dim=0, keepdim=True)
         grad_x = None
         if spec.kind != "const" and ctx.needs_input_grad[0]:
             if spec.kind == "conv" and ctx.compute_dtype is not None:
@@ -519,13 +559,13 @@ class _FastLayer(nn.Module):
     ) -> torch.Tensor:
         scale, shift = self.styles(dlatent)
         if self.spec.kind == "up_ref":
-            # Bias after the blur, as in the reference; the convolutions' backward is autograd's.
+            # The convolutions' backward is autograd's. The bias comes after the blur, as in the reference;
+            # _StyledConv adds it with the noise, chunk by chunk (no full-size map of its own).
             if compute_dtype is None:
                 x = _blur(F.conv_transpose2d(x, self.weight, stride=2, padding=1))
             else:
                 weight = self.weight.to(compute_dtype)
                 x = _blur(F.conv_transpose2d(x.to(compute_dtype), weight, stride=2, padding=1)).float()
-            x = x + self.bias.view(1, -1, 1, 1)
         return _StyledConv.apply(
             x,
             noise,
