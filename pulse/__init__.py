@@ -24,6 +24,7 @@ _EXPORTS = {
     "PosteriorSamples": "pulse.solvers.langevin",
     "PulseLoss": "pulse.losses",
     "SphericalOptimizer": "pulse.optim",
+    "WhiteSpectrumOptimizer": "pulse.optim",
     "BicubicDownscale": "pulse.downscale",
     "AreaDownscale": "pulse.downscale",
     "make_operator": "pulse.degradations",
