@@ -112,6 +112,13 @@ def main() -> None:
     parser.add_argument("--ilo-steps", type=int, default=50, help="ILO steps on block 1 (the noisy input map)")
     parser.add_argument("--ilo-radius", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=0.4, help="spherical Adam learning rate")
+    parser.add_argument(
+        "--optimizer",
+        choices=["spherical", "white"],
+        default="spherical",
+        help="spherical Adam (the paper) or white_spectrum: the noise map also kept white per frequency band",
+    )
+    parser.add_argument("--bands", type=int, default=16, help="radial bands for --optimizer white")
     parser.add_argument("--difficulty", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("experiments/beyond_faces/pilot"))
@@ -133,13 +140,17 @@ def main() -> None:
 
     from functools import partial
 
-    from pulse.optim import SphericalOptimizer
+    from pulse.optim import SphericalOptimizer, WhiteSpectrumOptimizer
 
+    if args.optimizer == "white":
+        optimizer = partial(WhiteSpectrumOptimizer, torch.optim.Adam, lr=args.lr, bands=args.bands, flat_side=128)
+    else:
+        optimizer = partial(SphericalOptimizer, torch.optim.Adam, lr=args.lr)
     settings = SearchSettings(steps=args.steps, seed=args.seed)
     pulse = PulseSolver(
         generator,
         PulseLoss({"l2": 100.0, "geocross": 0.05}, settings.eps),
-        partial(SphericalOptimizer, torch.optim.Adam, lr=args.lr),
+        optimizer,
         settings=settings,
     )
     ilo = ILOSolver(pulse, ILOSettings(blocks=[1], steps=args.ilo_steps, radius=args.ilo_radius))
