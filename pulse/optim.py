@@ -41,7 +41,7 @@ class SphericalOptimizer(torch.optim.Optimizer):
         # Share, don't copy: schedulers and zero_grad act on the wrapped optimizer's groups.
         self.param_groups = self.optimizer.param_groups
         self.state = self.optimizer.state
-        flat = [p for group in self.param_groups for p in group["params"]]
+        flat = self._flat_params()
         too_flat = [tuple(p.shape) for p in flat if p.ndim < 3]
         if too_flat:
             raise ValueError(
@@ -50,11 +50,14 @@ class SphericalOptimizer(torch.optim.Optimizer):
         with torch.no_grad():
             self.radii = [sphere_norm(p).detach().clone() for p in flat]
 
+    def _flat_params(self) -> list[torch.Tensor]:
+        """Every parameter of every group, in order (the order of ``self.radii``)."""
+        return [p for group in self.param_groups for p in group["params"]]
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         loss = self.optimizer.step(closure)
-        flat = [p for group in self.param_groups for p in group["params"]]
-        for param, radius in zip(flat, self.radii, strict=True):
+        for param, radius in zip(self._flat_params(), self.radii, strict=True):
             param.mul_(radius / sphere_norm(param))
         return loss
 
@@ -152,8 +155,7 @@ class WhiteSpectrumOptimizer(SphericalOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         loss = super().step(closure)
-        flat = [p for group in self.param_groups for p in group["params"]]
-        for param, radius in zip(flat, self.radii, strict=True):
+        for param, radius in zip(self._flat_params(), self.radii, strict=True):
             shape = self._map_shape(param)
             if shape is None:
                 continue
