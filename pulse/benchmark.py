@@ -491,7 +491,9 @@ class ProcessTiming:
     cores (other processes, the kernel, steal); ``steal_share``, the worst run's steal time (the hypervisor
     running someone else on our cores) as a share of its wall time times the cores; ``machine_probe_s``, the
     fixed reference work of :func:`machine_probe_s` timed before each of the program's runs (its spread is the
-    machine's own: the same work, in the same measuring process).
+    machine's own: the same work, in the same measuring process). ``step_in_run_s``: the long runs' own median
+    step after the first (``results.csv``'s ``step_seconds``; ``None`` when the program reports none): one
+    process, no difference of two noisy walls.
     """
 
     name: str
@@ -507,19 +509,26 @@ class ProcessTiming:
     others_load: Spread | None = None
     steal_share: Spread | None = None
     machine_probe_s: Spread | None = None
+    step_in_run_s: Spread | None = None
+
+
+def _no_step_timer(stdout: str, out_dir: Path) -> float | None:
+    return None
 
 
 @dataclass
 class ProcessCommand:
     """How to run one program for ``steps`` steps: its command, working folder, and how to read its own timer.
 
-    ``program_seconds(stdout, out_dir)`` returns the search time the program itself measured, or ``None``.
+    ``program_seconds(stdout, out_dir)`` returns the search time the program itself measured, or ``None``;
+    ``program_step_seconds(stdout, out_dir)`` the median step it measured, or ``None`` (the default).
     """
 
     argv: list[str]
     cwd: Path
     out_dir: Path
     program_seconds: Callable[[str, Path], float | None]
+    program_step_seconds: Callable[[str, Path], float | None] = _no_step_timer
 
 
 def write_random_official_weights(
@@ -577,7 +586,8 @@ def pulse_run_command(
 
     ``generator`` is ``stylegan_ffhq`` or ``stylegan_ffhq_fast``; ``generator_args`` are further arguments of
     ``StyleGANGenerator.pretrained`` (``resolution``, ``fmap_base``, ``fmap_max`` for smaller random networks).
-    Reads the program's own timer from ``results.csv`` (``seconds``, summed over the run's samples).
+    Reads the program's own timers from ``results.csv``: ``seconds`` summed over the run's samples, and the
+    median step (``step_seconds``).
     """
     prefix = "generator.generator" if generator.endswith("_fast") else "generator"
     argv = [
@@ -595,7 +605,13 @@ def pulse_run_command(
         f"hydra.run.dir={out_dir}",
         *extra,
     ]
-    return ProcessCommand(argv, run_py.parent, out_dir, lambda stdout, out: results_csv_seconds(out))
+    return ProcessCommand(
+        argv,
+        run_py.parent,
+        out_dir,
+        lambda stdout, out: results_csv_seconds(out),
+        lambda stdout, out: results_csv_step_seconds(out),
+    )
 
 
 def results_csv_seconds(out_dir: Path) -> float | None:
@@ -607,6 +623,18 @@ def results_csv_seconds(out_dir: Path) -> float | None:
         return None
     with path.open(newline="") as handle:
         return sum(float(row["seconds"]) for row in csv.DictReader(handle))
+
+
+def results_csv_step_seconds(out_dir: Path) -> float | None:
+    """The median of ``out_dir/results.csv``'s ``step_seconds`` cells (``None`` without the file or the cells)."""
+    import csv
+
+    path = Path(out_dir) / "results.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        values = [float(row["step_seconds"]) for row in csv.DictReader(handle) if row.get("step_seconds")]
+    return statistics.median(values) if values else None
 
 
 def official_run_command(
@@ -665,6 +693,7 @@ class ProcessRun:
     others_cpu_s: float | None
     steal_s: float | None
     probe_s: float | None = None
+    step_s: float | None = None
 
 
 def machine_probe_s(repeats: int = 12, side: int = 512) -> float:
@@ -746,6 +775,7 @@ def run_process(command: ProcessCommand, env: dict[str, str], timeout: float) ->
         minor_faults=children_after[1] - children_before[1],
         others_cpu_s=others,
         steal_s=steal,
+        step_s=command.program_step_seconds(finished.stdout, command.out_dir),
     )
 
 
@@ -821,6 +851,7 @@ def measure_processes(
             others_load=worst(lambda run: None if run.others_cpu_s is None else run.others_cpu_s / run.wall_s),
             steal_share=worst(lambda run: None if run.steal_s is None else run.steal_s / (run.wall_s * cores)),
             machine_probe_s=_probes([run for pair in pairs for run in pair]),
+            step_in_run_s=_in_run_steps([b for _, b in pairs]),
         )
     return timings
 
@@ -845,6 +876,11 @@ def _worst(
     return Spread.of([max(x, y) for x, y in values])  # type: ignore[type-var]
 
 
+def _in_run_steps(runs: Sequence[ProcessRun]) -> Spread | None:
+    values = [run.step_s for run in runs]
+    return None if any(value is None for value in values) else Spread.of(values)  # type: ignore[arg-type]
+
+
 def _probes(runs: Sequence[ProcessRun]) -> Spread | None:
     values = [run.probe_s for run in runs if run.probe_s is not None]
     return Spread.of(values) if values else None
@@ -865,14 +901,19 @@ def format_process_timings(timings: dict[str, ProcessTiming], ratios: Sequence[t
         f"{len(first.step_wall_s.values)} repeats, whole processes of {first.short} and {first.long} steps; "
         f"median [min-max]; s/step = (wall({first.long}) - wall({first.short})) / {first.long - first.short}",
         f"{'program':<22} {'wall ' + str(first.short) + ' steps':>20} {'wall ' + str(first.long) + ' steps':>20} "
-        f"{'s/step (wall)':>20} {'s/step (own timer)':>20} {'start-up s':>20}",
+        f"{'s/step (wall)':>20} {'s/step (own timer)':>20} {'s/step (in run)':>20} {'start-up s':>20}",
     ]
     for name, timing in timings.items():
         program = "null" if timing.step_program_s is None else timing.step_program_s.text(".3f")
+        in_run = "null" if timing.step_in_run_s is None else timing.step_in_run_s.text(".3f")
         lines.append(
             f"{name:<22} {timing.wall_short_s.text('.1f'):>20} {timing.wall_long_s.text('.1f'):>20} "
-            f"{timing.step_wall_s.text('.3f'):>20} {program:>20} {timing.startup_s.text('.1f'):>20}"
+            f"{timing.step_wall_s.text('.3f'):>20} {program:>20} {in_run:>20} {timing.startup_s.text('.1f'):>20}"
         )
+    lines.append(
+        f"(own timer: the difference of the programs' search timers; in run: the {first.long}-step runs' own median "
+        "step after the first, null where a program reports none)"
+    )
     if any(timing.step_cpu_s is not None for timing in timings.values()):
 
         def cell(spread: Spread | None, spec: str) -> str:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ RESULT_FIELDS = (
     "best_step",
     "best_loss",
     "seconds",
+    "step_seconds",
     "image",
 )
 # The std map's white level: a per-pixel standard deviation (mean over RGB, [0, 1] units) of 0.25 or more.
@@ -72,6 +74,17 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def median_step_seconds(step_seconds: Sequence[float] | None) -> float | None:
+    """The median of a search's step durations after its first, in seconds (the whole batch's step).
+
+    The first step is left out: it also pays for growing the heap after start-up, which the steps after it
+    reuse. ``None`` (an empty cell) when the solver timed no steps (off the CPU, baselines) or ran only one.
+    """
+    if not step_seconds or len(step_seconds) < 2:
+        return None
+    return statistics.median(step_seconds[1:])
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -242,6 +255,7 @@ class ResultStore:
         """Save each sample's image (and frames), append its row, rewrite this process's CSV."""
         rows = []
         per_sample_seconds = result.seconds / max(len(result.seeds), 1)
+        batch_step_seconds = median_step_seconds(result.step_seconds)
         columns: dict[str, torch.Tensor] = {}
         notes: dict[str, str] = {}
         for metric in self.metrics:
@@ -274,6 +288,7 @@ class ResultStore:
                 "best_step": int(result.best_step[s]),
                 "best_loss": float(result.best_loss[s]),
                 "seconds": per_sample_seconds,
+                "step_seconds": batch_step_seconds,
                 "image": image,
             }
             row.update({f"loss_{name}": float(value[s]) for name, value in result.terms.items()})

@@ -216,7 +216,7 @@ def log_samples(loggers: Sequence[Logger], rows: Sequence[Mapping[str, str]], fi
 
 def sample_metrics(row: Mapping[str, str]) -> dict[str, float]:
     """The numeric per-sample values of a results row, as ``sample/<name>`` (empty cells left out)."""
-    keys = ["success", "downscale_error", "downscale_psnr", "first_step_at_eps", "best_loss", "seconds"]
+    keys = ["success", "downscale_error", "downscale_psnr", "first_step_at_eps", "best_loss", "seconds", "step_seconds"]
     keys += [k for k in row if k not in RESULT_FIELDS and k not in keys]
     out = {}
     for key in keys:

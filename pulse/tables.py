@@ -49,6 +49,7 @@ NON_METRIC_COLUMNS = (
     "best_step",
     "best_loss",
     "seconds",
+    "step_seconds",
     "image",
 )
 # Metrics every run has; listed first in a default table.

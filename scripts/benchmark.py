@@ -136,6 +136,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--isolate", action="store_true", help="each measurement of a path in its own process")
     parser.add_argument("--whole-runs", action="store_true", help="time whole run.py processes (see the docstring)")
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="the benchmark's step (--isolate children) against run.py runs of each path, side by side, per round",
+    )
     parser.add_argument("--short", type=int, default=2, help="--whole-runs: steps of the short run")
     parser.add_argument("--long", type=int, default=12, help="--whole-runs: steps of the long run")
     parser.add_argument(
@@ -154,10 +159,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--steps, --warmup and --rounds must be >= 1, got {args.steps}, {args.warmup}, {args.rounds}")
     if args.profile and args.device != "cpu":
         parser.error("--profile measures CPU operator time; it is not available with --device cuda")
-    if args.whole_runs and (args.generator != "stylegan" or args.device != "cpu" or args.short >= args.long):
-        parser.error("--whole-runs times run.py's StyleGAN runs on the CPU and needs --short < --long")
-    if (args.isolate or args.whole_runs) and len(args.batch) > 1:
-        parser.error("--isolate and --whole-runs measure one batch size; give --batch N")
+    if (args.whole_runs or args.agreement) and (
+        args.generator != "stylegan" or args.device != "cpu" or args.short >= args.long
+    ):
+        parser.error("--whole-runs and --agreement time run.py's StyleGAN runs on the CPU and need --short < --long")
+    if (args.isolate or args.whole_runs or args.agreement) and len(args.batch) > 1:
+        parser.error("--isolate, --whole-runs and --agreement measure one batch size; give --batch N")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     return args
@@ -247,6 +254,14 @@ def measure_one_path(args: argparse.Namespace) -> dict[str, Any]:
     return {"path": args.only, "batch": batch, "durations": durations}
 
 
+def isolated_step(child_argv: Sequence[str], path: str, out: Path) -> float:
+    """The median step of one ``--only PATH`` child process (the benchmark's measurement of ``path``)."""
+    command = [sys.executable, __file__, *child_argv, "--only", path, "--rounds", "1", "--json", str(out)]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    durations = json.loads(out.read_text())["durations"]
+    return sorted(durations)[len(durations) // 2]
+
+
 def isolated(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """``--isolate``: ``rounds`` fresh processes per path, alternating (fast eager, eager fast, ...)."""
     child_argv = [a for a in argv if a != "--isolate"]
@@ -255,13 +270,9 @@ def isolated(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pulse-bench-") as tmp:
         for round_index in range(args.rounds):
             for path in ("fast", "eager") if round_index % 2 == 0 else ("eager", "fast"):
-                out = Path(tmp) / f"{path}_{round_index}.json"
                 _log(f"round {round_index + 1}/{args.rounds}: {path} in its own process ...")
-                command = [sys.executable, __file__, *child_argv, "--only", path, "--rounds", "1", "--json", str(out)]
                 probes.append(machine_probe_s())
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-                durations = json.loads(out.read_text())["durations"]
-                per_round[path].append(sorted(durations)[len(durations) // 2])  # the process's median step
+                per_round[path].append(isolated_step(child_argv, path, Path(tmp) / f"{path}_{round_index}.json"))
     spreads = {path: Spread.of(values) for path, values in per_round.items()}
     ratio = Spread.of([f / e for f, e in zip(per_round["fast"], per_round["eager"], strict=True)])
     print(
@@ -300,11 +311,13 @@ def probe_machine(seconds: float, threads: int | None = None) -> dict[str, Any]:
     return {"probe_s": values}
 
 
-def whole_runs(args: argparse.Namespace) -> dict[str, Any]:
-    """``--whole-runs``: whole ``run.py`` processes of both paths on random weights in the official layout."""
+def run_programs(args: argparse.Namespace, work: Path):
+    """``run.py`` commands of both paths on random weights in the official layout, their environment and overrides.
+
+    Returns ``({"eager": make, "fast": make}, env, weights, extra)`` with ``make(steps, out_dir) -> ProcessCommand``.
+    """
     from pulse.io.cache import cache_dir
 
-    work = Path(tempfile.mkdtemp(prefix="pulse-runs-"))
     generator_args: dict[str, Any] = {}
     if args.pretrained:
         weights = cache_dir() / "stylegan_ffhq"
@@ -334,11 +347,71 @@ def whole_runs(args: argparse.Namespace) -> dict[str, Any]:
 
         return make
 
-    programs = {"eager": program("stylegan_ffhq"), "fast": program("stylegan_ffhq_fast")}
+    return {"eager": program("stylegan_ffhq"), "fast": program("stylegan_ffhq_fast")}, env, weights, extra
+
+
+def whole_runs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--whole-runs``: whole ``run.py`` processes of both paths on random weights in the official layout."""
+    work = Path(tempfile.mkdtemp(prefix="pulse-runs-"))
+    programs, env, weights, extra = run_programs(args, work)
     timings = measure_processes(programs, work, args.short, args.long, args.rounds, env, log=_log)
     print(f"run.py, {args.resolution}px, batch {args.batch[0]}, weights {weights}, overrides {extra}")
     print(format_process_timings(timings, [("fast", "eager")]))
     return {name: dataclasses.asdict(timing) for name, timing in timings.items()}
+
+
+def agreement(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """``--agreement``: the benchmark's step against the step of real ``run.py`` runs, measured side by side.
+
+    Every round takes, for each path in turn (reversed on odd rounds), an ``--isolate`` child (the benchmark's
+    step: its median), then a short and a long ``run.py`` run of the same path: the real runs' step both as
+    ``(wall(long) - wall(short)) / (long - short)`` and as the long run's own median step (``results.csv``'s
+    ``step_seconds``). The ratios are paired within a round, so the machine's drift between minutes falls on
+    both sides of each ratio.
+    """
+    work = Path(tempfile.mkdtemp(prefix="pulse-agreement-"))
+    programs, env, weights, extra = run_programs(args, work)
+    child_argv = [a for a in argv if a != "--agreement"]
+    bench: dict[str, list[float]] = {"eager": [], "fast": []}
+    wall: dict[str, list[float]] = {"eager": [], "fast": []}
+    in_run: dict[str, list[float]] = {"eager": [], "fast": []}
+    for round_index in range(args.rounds):
+        for path in ("eager", "fast") if round_index % 2 == 0 else ("fast", "eager"):
+            _log(f"round {round_index + 1}/{args.rounds}: {path}: benchmark process ...")
+            bench[path].append(isolated_step(child_argv, path, work / f"{path}_{round_index}.json"))
+            timing = measure_processes(
+                {path: programs[path]}, work / f"round_{round_index}", args.short, args.long, 1, env, log=_log
+            )[path]
+            wall[path].append(timing.step_wall_s.median)
+            in_run[path].append(float("nan") if timing.step_in_run_s is None else timing.step_in_run_s.median)
+            _log(
+                f"  benchmark {bench[path][-1]:.3f}, run.py {wall[path][-1]:.3f} (wall), "
+                f"{in_run[path][-1]:.3f} (in run) s/step"
+            )
+    print(
+        f"benchmark against run.py, {args.resolution}px batch {args.batch[0]}, {args.rounds} rounds, "
+        f"weights {weights}, overrides {extra}; median [min-max]"
+    )
+    print(f"{'path':<6} {'benchmark s/step':>20} {'run.py s/step (wall)':>22} {'run.py s/step (in run)':>24}")
+    record: dict[str, Any] = {"benchmark": bench, "run_wall": wall, "run_in_run": in_run}
+    for path in ("eager", "fast"):
+        print(
+            f"{path:<6} {Spread.of(bench[path]).text('.3f'):>20} {Spread.of(wall[path]).text('.3f'):>22} "
+            f"{Spread.of(in_run[path]).text('.3f'):>24}"
+        )
+    for path in ("eager", "fast"):
+        to_wall = Spread.of([b / w for b, w in zip(bench[path], wall[path], strict=True)])
+        to_in_run = Spread.of([b / r for b, r in zip(bench[path], in_run[path], strict=True)])
+        record[f"{path}_benchmark_over_wall"] = to_wall.values
+        record[f"{path}_benchmark_over_in_run"] = to_in_run.values
+        print(
+            f"{path}: benchmark / run.py (wall) {to_wall.text('.3f')}, "
+            f"benchmark / run.py (in run) {to_in_run.text('.3f')}"
+        )
+    for name, values in (("benchmark", bench), ("run.py (wall)", wall), ("run.py (in run)", in_run)):
+        ratio = Spread.of([f / e for f, e in zip(values["fast"], values["eager"], strict=True)])
+        print(f"fast / eager by {name}: {ratio.text('.3f')}")
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> BenchmarkReport | dict[str, Any]:
@@ -346,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> BenchmarkReport | dict[str, Any]:
     args = parse_args(argv)
     if args.probe_machine is not None:
         return _write_json(args, probe_machine(args.probe_machine, args.threads))
+    if args.agreement:
+        return _write_json(args, agreement(args, argv))
     if args.whole_runs:
         return _write_json(args, whole_runs(args))
     if args.isolate:

@@ -22,6 +22,7 @@ from pulse.benchmark import (
     official_seconds,
     pulse_run_command,
     results_csv_seconds,
+    results_csv_step_seconds,
     step_description,
     write_random_input,
     write_random_official_weights,
@@ -111,6 +112,9 @@ def test_program_timers_are_read(tmp_path):
     (tmp_path / "results.csv").write_text("name,seconds\na,1.5\nb,2.25\n")
     assert results_csv_seconds(tmp_path) == 3.75
     assert results_csv_seconds(tmp_path / "missing") is None
+    assert results_csv_step_seconds(tmp_path) is None  # no step_seconds column: an older or foreign results.csv
+    (tmp_path / "results.csv").write_text("name,seconds,step_seconds\na,1.5,0.5\nb,2.25,\nc,1,0.75\nd,1,2\n")
+    assert results_csv_step_seconds(tmp_path) == 0.75  # median of the filled cells
 
 
 def test_measure_processes_interleaves_runs_and_derives_step_and_startup(tmp_path):
@@ -148,6 +152,7 @@ def test_measure_processes_interleaves_runs_and_derives_step_and_startup(tmp_pat
         assert timing.step_program_s is not None and math.isclose(timing.step_program_s.median, 0.1)
         assert timing.startup_s.min > 0.1
         assert timing.step_wall_s.min <= timing.step_wall_s.median <= timing.step_wall_s.max
+        assert timing.step_in_run_s is None  # these programs report no step of their own
     text = format_process_timings(timings, [("a", "b")])
     assert "time(a) / time(b): s/step" in text and "s/step = (wall(3) - wall(1)) / 2" in text
     with pytest.raises(ValueError, match="short < long"):
@@ -226,6 +231,8 @@ def test_whole_run_of_run_py_is_timed(tmp_path):
     timing = measure_processes({"fast": make}, tmp_path / "runs", short=1, long=2, repeats=1)["fast"]
     assert timing.step_program_s is not None and timing.wall_short_s.median > timing.step_program_s.median > -1
     assert results_csv_seconds(tmp_path / "runs" / "fast" / "2_0") > 0
+    # the 2-step run's own step after the first, from results.csv, in the same process as the user's run
+    assert timing.step_in_run_s is not None and 0 < timing.step_in_run_s.median < timing.wall_long_s.median
 
 
 def test_official_driver_redirects_cuda_and_downloads(tmp_path, capsys):
@@ -318,3 +325,61 @@ def test_probe_machine_times_the_same_work_repeatedly(benchmark_script, capsys):
     result = benchmark_script.main(["--probe-machine", "0.3", "--threads", "1"])
     assert len(result["probe_s"]) >= 1 and min(result["probe_s"]) > 0
     assert "machine probe (1 threads" in capsys.readouterr().out
+
+
+def test_measure_processes_reads_each_long_runs_own_step(tmp_path):
+    # The program writes its step (0.01 s per step count, so the long runs' value is recognisable) where the
+    # command's step timer reads it; only the long runs' values enter step_in_run_s.
+    program = "import sys, pathlib; n = int(sys.argv[1]); pathlib.Path(sys.argv[2]).write_text(str(0.01 * n))"
+
+    def make(steps, out_dir):
+        return ProcessCommand(
+            [sys.executable, "-c", program, str(steps), str(out_dir / "step.txt")],
+            tmp_path,
+            out_dir,
+            lambda o, d: None,
+            lambda o, d: float((d / "step.txt").read_text()),
+        )
+
+    timing = measure_processes({"a": make}, tmp_path, short=1, long=4, repeats=2)["a"]
+    assert timing.step_in_run_s is not None and timing.step_in_run_s.values == [0.04, 0.04]
+    assert "0.040 [0.040-0.040]" in format_process_timings({"a": timing})
+
+
+def test_agreement_mode_pairs_the_benchmark_with_run_py_per_round(benchmark_script, monkeypatch, capsys):
+    from pulse.benchmark import ProcessTiming
+
+    calls = []
+    steps = {"eager": iter([2.0, 2.2]), "fast": iter([1.0, 1.2])}
+
+    def fake_isolated(child_argv, path, out):
+        calls.append(("benchmark", path))
+        assert "--agreement" not in child_argv
+        return {"eager": 2.0, "fast": 1.0}[path]
+
+    def fake_measure(programs, work_dir, short, long, repeats, env, log=None):
+        (path,) = programs
+        calls.append(("run.py", path))
+        wall = Spread.of([next(steps[path])])
+        in_run = Spread.of([{"eager": 2.5, "fast": 1.0}[path]])
+        return {path: ProcessTiming(path, short, long, wall, wall, wall, None, wall, step_in_run_s=in_run)}
+
+    monkeypatch.setattr(benchmark_script, "isolated_step", fake_isolated)
+    monkeypatch.setattr(benchmark_script, "measure_processes", fake_measure)
+    tiny = ["--resolution", "32", "--fmap-base", "256", "--fmap-max", "32", "--rounds", "2", "--batch", "1"]
+    record = benchmark_script.main(["--agreement", *tiny])
+    assert calls == [
+        ("benchmark", "eager"),
+        ("run.py", "eager"),
+        ("benchmark", "fast"),
+        ("run.py", "fast"),
+        ("benchmark", "fast"),
+        ("run.py", "fast"),
+        ("benchmark", "eager"),
+        ("run.py", "eager"),
+    ]
+    assert record["eager_benchmark_over_wall"] == [1.0, 2.0 / 2.2]
+    assert record["eager_benchmark_over_in_run"] == [0.8, 0.8]
+    out = capsys.readouterr().out
+    assert "eager: benchmark / run.py (wall) 0.955 [0.909-1.000], benchmark / run.py (in run) 0.800" in out
+    assert "fast / eager by run.py (in run): 0.400 [0.400-0.400]" in out

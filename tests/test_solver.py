@@ -157,3 +157,19 @@ def test_bad_noise_layers_auto_follows_the_generator():
     assert PulseSolver(small, settings=SearchSettings(bad_noise_layers=[3])).settings.bad_noise_layers == (3,)
     with pytest.raises(ValueError, match="list of layer indices or 'auto'"):
         SearchSettings(bad_noise_layers="all")
+
+
+def test_each_step_is_timed_on_the_cpu_and_the_results_row_takes_the_median_after_the_first(dcgan, tmp_path):
+    from pulse.outputs import ResultStore, median_step_seconds
+
+    problems = list(GeneratedFaces(dcgan, num=2, factors=[8]))
+    lr = torch.stack([p.lr for p in problems])
+    result = PulseSolver(dcgan, settings=SearchSettings(steps=6)).solve(lr)
+    assert result.step_seconds is not None and len(result.step_seconds) == 6
+    assert min(result.step_seconds) > 0
+    assert sum(result.step_seconds) <= result.seconds  # the stamps lie inside the search's own timer
+    rows = ResultStore(tmp_path).write_batch(problems, result)
+    expected = sorted(result.step_seconds[1:])[2]  # the median of the five steps after the first
+    assert {row["step_seconds"] for row in rows} == {f"{expected:.6g}"}  # the batch's step, on every sample
+    assert median_step_seconds([9.0, 1.0, 3.0]) == 2.0  # the first step (heap growth) is left out
+    assert median_step_seconds([1.0]) is None and median_step_seconds(None) is None

@@ -162,6 +162,8 @@ class SearchResult:
         latent: ``[S, L or 1, D]`` the search variable at ``best_step`` (before ``to_style``), on CPU.
         noise: the noise maps at ``best_step``, one ``[S, *shape]`` per noise layer, on CPU.
         stopped_step: ``[S]`` step at which a sample was stopped for a non-finite loss; -1 if never.
+        step_seconds: wall seconds of each step the search ran, on the host clock; ``None`` off the CPU,
+            where reading the clock per step would need a device synchronisation the loop avoids.
     """
 
     hr: torch.Tensor
@@ -182,6 +184,7 @@ class SearchResult:
     latent: torch.Tensor | None = None
     noise: list[torch.Tensor] | None = None
     stopped_step: torch.Tensor | None = None
+    step_seconds: list[float] | None = None
 
 
 def sample_seed(base_seed: int, *keys: int) -> int:
@@ -552,6 +555,9 @@ class PulseSolver:
         )
         frames: list[torch.Tensor] = []
         start = time.perf_counter()
+        # Per-step wall time on the CPU only: there the clock is the step's end; on a GPU it would only say
+        # when the kernels were queued (a synchronisation per step would slow the search to measure it).
+        stamps: list[float] | None = [start] if device.type == "cpu" else None
 
         # No host-device synchronisation inside the loop: all bookkeeping is tensor arithmetic on the
         # device, and only the callback (when it reads a value) and the periodic all-stopped check sync.
@@ -576,6 +582,8 @@ class PulseSolver:
             if plateau is not None:
                 plateau.hold(before, [latent, *trainable])
             scheduler.step()
+            if stamps is not None:
+                stamps.append(time.perf_counter())
             if callback is not None:
                 callback(StepInfo(step, s.steps, total, terms, error, tracker.active, tracker.first_at_eps))
 
@@ -587,6 +595,7 @@ class PulseSolver:
             seeds=list(seeds),
             seconds=time.perf_counter() - start,
             frames=frames,
+            step_seconds=None if stamps is None else [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)],
         )
 
 
