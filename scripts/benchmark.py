@@ -5,7 +5,7 @@
                                 [--steps 3] [--warmup 1] [--device cpu|cuda] [--compile]
                                 [--channels-last auto|on|off] [--pretrained] [--json PATH] [--quick]
                                 [--set KEY=VALUE ...] [--isolate] [--whole-runs --short 2 --long 12]
-                                [--probe-machine SECONDS]
+                                [--agreement] [--probe-machine SECONDS]
 
 Prints s/step, steps/s, images/min and peak memory per path and batch size, the fast/eager ratio
 of steps/s, and how far the fast path's results are from the eager ones. StyleGAN uses seeded random
@@ -22,9 +22,12 @@ every measurement of a path in a fresh process (A B, B A, ...), so neither path 
 ``--whole-runs`` times whole ``run.py`` processes instead (what a user waits for), short and long runs
 interleaved, s/step = (wall(long) - wall(short)) / (long - short), with the random weights written in the
 official layout. Every mode prints median [min-max] over its repeats. ``--isolate`` and ``--whole-runs`` also time
-a fixed piece of work (matrix products, :func:`pulse.benchmark.machine_probe_s`) before every process, and
-``--probe-machine SECONDS`` only does that, over and over: on a shared virtual machine the same work can take
-twice as long from one minute to the next, which no comparison of whole runs there can be more precise than.
+a fixed piece of work (matrix products, :func:`pulse.benchmark.machine_probe_s`) before every process.
+``--agreement`` checks the benchmark against real runs: per round and path, an ``--isolate`` child, then a short and a
+long ``run.py`` run, ratios paired within the round (the wall difference and the long run's own median step,
+``results.csv``'s ``step_seconds``). ``--probe-machine SECONDS`` only times that fixed work, over and over: on a
+shared virtual machine the same work can take twice as long from one minute to the next, which no comparison of
+whole runs there can be more precise than.
 """
 
 from __future__ import annotations
@@ -151,6 +154,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="only time a fixed piece of work (matrix products) again and again for SECONDS: the machine's own spread",
     )
     parser.add_argument("--only", choices=["eager", "fast"], default=None, help=argparse.SUPPRESS)  # --isolate child
+    # --agreement child: read the StyleGAN weights from these official-layout files, as the run.py runs do
+    parser.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.resolution, args.fmap_base, args.fmap_max = 32, 256, 32
@@ -189,7 +194,10 @@ def build(args: argparse.Namespace):
     from pulse.generators.fast import accelerate
     from pulse.generators.stylegan import StyleGANGenerator
 
-    if args.pretrained:
+    if args.weights is not None:
+        size = {} if args.resolution == 1024 else {"fmap_base": args.fmap_base, "fmap_max": args.fmap_max}
+        eager = StyleGANGenerator.pretrained(cache_dir=args.weights, resolution=args.resolution, progress=False, **size)
+    elif args.pretrained:
         eager = StyleGANGenerator.pretrained()
     else:
         eager = StyleGANGenerator.synthetic(
@@ -254,10 +262,10 @@ def measure_one_path(args: argparse.Namespace) -> dict[str, Any]:
     return {"path": args.only, "batch": batch, "durations": durations}
 
 
-def isolated_step(child_argv: Sequence[str], path: str, out: Path) -> float:
+def isolated_step(child_argv: Sequence[str], path: str, out: Path, env: dict[str, str] | None = None) -> float:
     """The median step of one ``--only PATH`` child process (the benchmark's measurement of ``path``)."""
     command = [sys.executable, __file__, *child_argv, "--only", path, "--rounds", "1", "--json", str(out)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
     durations = json.loads(out.read_text())["durations"]
     return sorted(durations)[len(durations) // 2]
 
@@ -371,14 +379,16 @@ def agreement(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """
     work = Path(tempfile.mkdtemp(prefix="pulse-agreement-"))
     programs, env, weights, extra = run_programs(args, work)
-    child_argv = [a for a in argv if a != "--agreement"]
+    # The benchmark's children read the same weight files and get the same environment (allocator settings from
+    # their first instruction) as the run.py runs, so the two sides differ only in what runs around the step.
+    child_argv = [a for a in argv if a != "--agreement"] + ["--weights", str(weights)]
     bench: dict[str, list[float]] = {"eager": [], "fast": []}
     wall: dict[str, list[float]] = {"eager": [], "fast": []}
     in_run: dict[str, list[float]] = {"eager": [], "fast": []}
     for round_index in range(args.rounds):
         for path in ("eager", "fast") if round_index % 2 == 0 else ("fast", "eager"):
             _log(f"round {round_index + 1}/{args.rounds}: {path}: benchmark process ...")
-            bench[path].append(isolated_step(child_argv, path, work / f"{path}_{round_index}.json"))
+            bench[path].append(isolated_step(child_argv, path, work / f"{path}_{round_index}.json", env))
             timing = measure_processes(
                 {path: programs[path]}, work / f"round_{round_index}", args.short, args.long, 1, env, log=_log
             )[path]

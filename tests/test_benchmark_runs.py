@@ -352,9 +352,10 @@ def test_agreement_mode_pairs_the_benchmark_with_run_py_per_round(benchmark_scri
     calls = []
     steps = {"eager": iter([2.0, 2.2]), "fast": iter([1.0, 1.2])}
 
-    def fake_isolated(child_argv, path, out):
+    def fake_isolated(child_argv, path, out, env=None):
         calls.append(("benchmark", path))
-        assert "--agreement" not in child_argv
+        assert "--agreement" not in child_argv and "--weights" in child_argv  # the run.py runs' weight files
+        assert {key: env[key] for key in allocator_environment()} == allocator_environment()
         return {"eager": 2.0, "fast": 1.0}[path]
 
     def fake_measure(programs, work_dir, short, long, repeats, env, log=None):
