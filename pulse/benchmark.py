@@ -614,26 +614,23 @@ def pulse_run_command(
     )
 
 
-def results_csv_seconds(out_dir: Path) -> float | None:
-    """The ``seconds`` of every row of ``out_dir/results.csv`` summed (``None`` without the file)."""
-    import csv
+def _results_rows(out_dir: Path) -> list[dict[str, str]] | None:
+    """The rows of ``out_dir/results.csv`` (``None`` without the file)."""
+    from pulse.outputs import read_rows
 
     path = Path(out_dir) / "results.csv"
-    if not path.is_file():
-        return None
-    with path.open(newline="") as handle:
-        return sum(float(row["seconds"]) for row in csv.DictReader(handle))
+    return read_rows(path) if path.is_file() else None
+
+
+def results_csv_seconds(out_dir: Path) -> float | None:
+    """The ``seconds`` of every row of ``out_dir/results.csv`` summed (``None`` without the file)."""
+    rows = _results_rows(out_dir)
+    return None if rows is None else sum(float(row["seconds"]) for row in rows)
 
 
 def results_csv_step_seconds(out_dir: Path) -> float | None:
     """The median of ``out_dir/results.csv``'s ``step_seconds`` cells (``None`` without the file or the cells)."""
-    import csv
-
-    path = Path(out_dir) / "results.csv"
-    if not path.is_file():
-        return None
-    with path.open(newline="") as handle:
-        values = [float(row["step_seconds"]) for row in csv.DictReader(handle) if row.get("step_seconds")]
+    values = [float(row["step_seconds"]) for row in _results_rows(out_dir) or [] if row.get("step_seconds")]
     return statistics.median(values) if values else None
 
 

@@ -29,7 +29,8 @@ def run_job(out_dir: Path, strategy: str, devices: int, inputs: int, batch: int 
 def rows(out_dir: Path) -> list[dict[str, str]]:
     """results.csv without the wall-time columns (the only ones that may differ between runs)."""
     with (out_dir / "results.csv").open(newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in ("seconds", "step_seconds")} for row in csv.DictReader(handle)]
+        timings = ("seconds", "step_seconds")
+        return [{k: v for k, v in row.items() if k not in timings} for row in csv.DictReader(handle)]
 
 
 def logged_samples(out_dir: Path) -> int:
