@@ -393,7 +393,12 @@ def agreement(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
                 {path: programs[path]}, work / f"round_{round_index}", args.short, args.long, 1, env, log=_log
             )[path]
             wall[path].append(timing.step_wall_s.median)
-            in_run[path].append(float("nan") if timing.step_in_run_s is None else timing.step_in_run_s.median)
+            if timing.step_in_run_s is None:  # a NaN here would be a made-up number in every ratio below
+                raise RuntimeError(
+                    f"run.py ({path}) wrote no step_seconds to results.csv under {work / f'round_{round_index}'}: "
+                    "--agreement needs a solver that times its steps on the CPU (the PULSE search)"
+                )
+            in_run[path].append(timing.step_in_run_s.median)
             _log(
                 f"  benchmark {bench[path][-1]:.3f}, run.py {wall[path][-1]:.3f} (wall), "
                 f"{in_run[path][-1]:.3f} (in run) s/step"

@@ -384,3 +384,12 @@ def test_agreement_mode_pairs_the_benchmark_with_run_py_per_round(benchmark_scri
     out = capsys.readouterr().out
     assert "eager: benchmark / run.py (wall) 0.955 [0.909-1.000], benchmark / run.py (in run) 0.800" in out
     assert "fast / eager by run.py (in run): 0.400 [0.400-0.400]" in out
+
+    def untimed_measure(programs, work_dir, short, long, repeats, env, log=None):
+        (path,) = programs
+        wall = Spread.of([1.0])
+        return {path: ProcessTiming(path, short, long, wall, wall, wall, None, wall, step_in_run_s=None)}
+
+    monkeypatch.setattr(benchmark_script, "measure_processes", untimed_measure)
+    with pytest.raises(RuntimeError, match="wrote no step_seconds"):
+        benchmark_script.main(["--agreement", *tiny])
