@@ -103,13 +103,18 @@ class StepProfile:
     ``convolution_s`` sums the profiler's self time of every operator named ``*conv*`` (forward,
     transposed and backward convolutions); ``ceiling`` is the eager step divided by this path's
     convolution time: the largest fast/eager ratio possible if everything but the convolutions took
-    no time, i.e. without fewer (or faster) convolution FLOPs.
+    no time, i.e. without fewer (or faster) convolution FLOPs. ``convolution_gflop`` counts the floating-point
+    operations of those convolutions in one step (:func:`convolution_flops`) and ``convolution_gflop_per_s`` is
+    the rate they ran at: next to the machine's peak it says how much faster the convolutions themselves
+    could still get.
     """
 
     step_s: float
     convolution_s: float
     convolution_share: float
     ceiling: float | None = None
+    convolution_gflop: float | None = None
+    convolution_gflop_per_s: float | None = None
 
 
 def profile_step(
@@ -124,7 +129,35 @@ def profile_step(
             generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step, make_solver=make_solver
         )
     convolution_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if "conv" in event.key)
-    return StepProfile(step_s=step, convolution_s=convolution_us / 1e6, convolution_share=convolution_us / 1e6 / step)
+    # time_search runs at least two steps (one untimed); every step runs the same convolutions
+    flops = (
+        convolution_flops(
+            lambda: time_search(generator, lr_images, warmup=1, steps=1, seed=seed, make_solver=make_solver)
+        )
+        / 2
+    )
+    convolution_s = convolution_us / 1e6
+    return StepProfile(
+        step_s=step,
+        convolution_s=convolution_s,
+        convolution_share=convolution_s / step,
+        convolution_gflop=flops / 1e9,
+        convolution_gflop_per_s=flops / 1e9 / convolution_s if convolution_s > 0 else None,
+    )
+
+
+def convolution_flops(run: Callable[[], object]) -> int:
+    """Floating-point operations of every convolution ``run()`` executes: forward, transposed and backward.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` from the operators' shapes (a multiply-add
+    is two), so hand-written backward passes that call ``aten.convolution_backward`` count too.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    counts = counter.get_flop_counts().get("Global", {})
+    return int(sum(count for op, count in counts.items() if "convolution" in str(op)))
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -434,6 +467,11 @@ def format_report(report: BenchmarkReport) -> str:
             f"convolutions = {measured.ceiling:.2f}x (the most this path could gain over eager without cheaper "
             "convolutions)"
         )
+        if measured.convolution_gflop_per_s is not None:
+            lines.append(
+                f"  convolutions ({name}): {measured.convolution_gflop:.1f} GFLOP per step, run at "
+                f"{measured.convolution_gflop_per_s:.0f} GFLOP/s"
+            )
     best = best_batches(report)
     if best is not None and len(report.results) > 1:
         lines.append(

@@ -104,7 +104,15 @@ def test_profile_reports_convolution_time_and_the_ceiling_it_implies(script, tmp
         assert 0 < measured["convolution_s"] < measured["step_s"]
         assert math.isclose(measured["convolution_share"], measured["convolution_s"] / measured["step_s"])
         assert math.isclose(measured["ceiling"], profile["eager"]["step_s"] / measured["convolution_s"])
-    assert "profile (fast, batch 1, one step)" in capsys.readouterr().out
+        assert math.isclose(
+            measured["convolution_gflop_per_s"], measured["convolution_gflop"] / measured["convolution_s"]
+        )
+    # Below 128 px the eager port upsamples and runs a 3x3 convolution on the large grid (9 taps per output
+    # pixel), the fast path one transposed convolution (4 taps): the same function with fewer FLOPs.
+    assert 0 < profile["fast"]["convolution_gflop"] < profile["eager"]["convolution_gflop"]
+    out = capsys.readouterr().out
+    assert "profile (fast, batch 1, one step)" in out
+    assert "GFLOP per step, run at" in out
     with pytest.raises(SystemExit):
         script.parse_args(["--profile", "--device", "cuda"])
     assert "--profile measures CPU operator time" in capsys.readouterr().err
@@ -131,3 +139,23 @@ def test_float64_reference_puts_the_path_difference_in_scale(script, tmp_path, c
     # The two paths' difference is bounded by their distances from the common float64 result.
     assert report["max_abs_diff_image"] <= distances["eager"] + distances["fast"] + 1e-7
     assert "max |fast - float64|" in capsys.readouterr().out
+
+
+def test_convolution_flops_counts_forward_transposed_and_backward_convolutions():
+    import torch
+    import torch.nn.functional as F
+
+    from pulse.benchmark import convolution_flops
+
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    weight = torch.randn(6, 4, 3, 3)  # frozen, as the generators' weights: only the input gets a gradient
+    up = torch.randn(6, 4, 4, 4)
+
+    def run():
+        F.conv2d(x, weight, padding=1).sum().backward()
+        F.conv_transpose2d(torch.randn(2, 6, 4, 4), up, stride=2, padding=1)
+        torch.mm(torch.randn(8, 8), torch.randn(8, 8))  # not a convolution: not counted
+
+    conv = 2 * 2 * 8 * 8 * 6 * 4 * 9  # 2 FLOPs per multiply-add, per output pixel and (in, out, tap)
+    transposed = 2 * 2 * 4 * 4 * 6 * 4 * 16  # every input pixel meets all 16 taps
+    assert convolution_flops(run) == 2 * conv + transposed  # the backward's input gradient costs a forward
