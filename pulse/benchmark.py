@@ -129,7 +129,8 @@ def profile_step(
             generator, lr_images, warmup=1, steps=1, seed=seed, on_step=profiler.step, make_solver=make_solver
         )
     convolution_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if "conv" in event.key)
-    # time_search runs at least two steps (one untimed); every step runs the same convolutions
+    # Counted in a run of its own: the counter's dispatch overhead would distort the profiled times. time_search
+    # runs at least two steps (one untimed), and every step runs the same convolutions.
     flops = (
         convolution_flops(
             lambda: time_search(generator, lr_images, warmup=1, steps=1, seed=seed, make_solver=make_solver)
